@@ -1,0 +1,69 @@
+//! `PUT /v1/entities`, `GET` and `DELETE /v1/entities/{type}/{id}`.
+
+use std::sync::Arc;
+
+use cedar_policy::EntityUid;
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::json::{self, Body};
+use crate::state::AppState;
+use crate::store::codec::{self, uid_from_strs};
+use crate::store::{Store, StoreError};
+
+/// Validates every entity against the schema, then writes them all in one transaction.
+pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
+    let value = json::parse(body)?;
+    let snapshot = state.snapshot();
+    let records = codec::parse_batch(value, snapshot.schema.as_ref())?;
+    let n = records.len();
+    blocking(state.store.clone(), move |store| store.upsert(&records)).await?;
+    tracing::info!(upserted = n, "entities written");
+    Ok(json::respond(StatusCode::OK, &json!({ "upserted": n })))
+}
+
+/// The stored entity, in Cedar entity JSON.
+pub async fn get(state: &AppState, ty: &str, id: &str) -> Result<hyper::Response<Body>, ApiError> {
+    let uid = path_uid(ty, id)?;
+    let shown = uid.to_string();
+    let record = blocking(state.store.clone(), move |store| store.get(&uid)).await?;
+    let record = record.ok_or_else(|| ApiError::NotFound(format!("entity {shown} is not stored")))?;
+    let body = json::parse(record.body.as_bytes())
+        .map_err(|e| ApiError::Internal(format!("stored entity {shown}: {e}")))?;
+    Ok(json::respond(StatusCode::OK, &body))
+}
+
+/// Removes one entity.
+pub async fn delete(
+    state: &AppState,
+    ty: &str,
+    id: &str,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let uid = path_uid(ty, id)?;
+    let shown = uid.to_string();
+    let removed = blocking(state.store.clone(), move |store| store.delete(&uid)).await?;
+    if !removed {
+        return Err(ApiError::NotFound(format!("entity {shown} is not stored")));
+    }
+    tracing::info!(entity = %shown, "entity deleted");
+    Ok(json::empty(StatusCode::NO_CONTENT))
+}
+
+fn path_uid(ty: &str, id: &str) -> Result<EntityUid, ApiError> {
+    uid_from_strs(ty, id).map_err(|message| ApiError::InvalidField {
+        field: "path".to_owned(),
+        message,
+    })
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    store: Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
+}

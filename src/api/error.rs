@@ -1,0 +1,118 @@
+//! API errors and the one place they become HTTP statuses and JSON bodies.
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::authz::RequestError;
+use crate::engine::EngineError;
+use crate::store::StoreError;
+use crate::store::codec::EntityError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("malformed JSON: {0}")]
+    BadJson(String),
+    /// A field is missing or has the wrong shape.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// Path of the field, like `requests[2].principal`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The request does not fit the schema.
+    #[error("{prefix}{source}", prefix = field_prefix(.field))]
+    InvalidRequest {
+        /// Where in the body the request is (empty for a single request).
+        field: String,
+        /// What is wrong.
+        source: RequestError,
+    },
+    /// An entity in a write is invalid.
+    #[error(transparent)]
+    InvalidEntity(#[from] EntityError),
+    /// A batch holds more requests than allowed.
+    #[error("batch holds {got} requests; the limit is {max}")]
+    BatchTooLarge {
+        /// Requests submitted.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body exceeds the size limit.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// No such route or entity.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// The daemon cannot serve yet.
+    #[error("{0}")]
+    NotReady(String),
+    /// A failure inside the daemon; details are logged, not leaked.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The HTTP status and stable error code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_json"),
+            ApiError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
+            ApiError::InvalidRequest { source, .. } => (
+                StatusCode::BAD_REQUEST,
+                match source {
+                    RequestError::UnknownAction(_) => "unknown_action",
+                    RequestError::Context(_) => "invalid_context",
+                    RequestError::Request(_) => "invalid_request",
+                },
+            ),
+            ApiError::InvalidEntity(_) => (StatusCode::BAD_REQUEST, "invalid_entity"),
+            ApiError::BatchTooLarge { .. } => (StatusCode::BAD_REQUEST, "batch_too_large"),
+            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The `{"error": {"code", "message"}}` body.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
+        let message = match self {
+            // The cause is in the log; callers only learn that it was not their fault.
+            ApiError::Internal(_) => "internal error; see the policyd log".to_owned(),
+            other => other.to_string(),
+        };
+        json!({ "error": { "code": code, "message": message } })
+    }
+}

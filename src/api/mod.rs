@@ -1,0 +1,110 @@
+//! The HTTP API: routing, and the handlers of each route family.
+//!
+//! Handlers return `Result<Response, ApiError>`; [`handle`] is the only place an error becomes
+//! a status code and a JSON body.
+
+mod decisions;
+mod entities;
+pub mod error;
+mod json;
+mod status;
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use percent_encoding::percent_decode_str;
+
+use crate::state::AppState;
+pub use error::ApiError;
+pub use json::Body;
+
+/// Answers one request. Never fails: errors become JSON error responses.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match route(&state, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            let (status, code) = err.status_and_code();
+            if status.is_server_error() {
+                tracing::error!(%method, %path, code, error = %err, "request failed");
+            } else {
+                tracing::debug!(%method, %path, code, error = %err, "request refused");
+            }
+            json::respond(status, &err.body())
+        }
+    }
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let segments = segments(req.uri().path())?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    let limit = state.limits.max_body_bytes;
+    match (segs.as_slice(), &method) {
+        (["healthz"], &Method::GET) => Ok(status::healthz()),
+        (["readyz"], &Method::GET) => status::readyz(state).await,
+        (["v1", "policies"], &Method::GET) => Ok(status::policies(state)),
+        (["v1", "is_authorized"], &Method::POST) => {
+            decisions::single(state, &json::read_body(req, limit).await?).await
+        }
+        (["v1", "is_authorized", "batch"], &Method::POST) => {
+            decisions::batch(state, &json::read_body(req, limit).await?).await
+        }
+        (["v1", "entities"], &Method::PUT) => {
+            entities::put(state, &json::read_body(req, limit).await?).await
+        }
+        (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
+        (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
+        (
+            ["healthz"]
+            | ["readyz"]
+            | ["v1", "policies"]
+            | ["v1", "is_authorized"]
+            | ["v1", "is_authorized", "batch"]
+            | ["v1", "entities"]
+            | ["v1", "entities", _, _],
+            _,
+        ) => Err(ApiError::MethodNotAllowed(method.to_string())),
+        _ => Err(ApiError::NotFound(format!(
+            "no route for {}",
+            req.uri().path()
+        ))),
+    }
+}
+
+/// Splits a path into percent-decoded segments; an empty last segment is kept (empty ids).
+fn segments(path: &str) -> Result<Vec<String>, ApiError> {
+    path.strip_prefix('/')
+        .unwrap_or(path)
+        .split('/')
+        .map(|s| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::InvalidField {
+                    field: "path".to_owned(),
+                    message: format!("segment `{s}` is not percent-encoded UTF-8"),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_decode_and_keep_empty_ids() {
+        assert_eq!(
+            segments("/v1/entities/Acme%3A%3AThing/").unwrap(),
+            ["v1", "entities", "Acme::Thing", ""]
+        );
+        assert_eq!(
+            segments("/v1/entities/User/caf%C3%A9%2Fx").unwrap(),
+            ["v1", "entities", "User", "café/x"]
+        );
+        assert!(segments("/v1/entities/User/%FF").is_err());
+    }
+}

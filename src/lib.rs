@@ -1,0 +1,29 @@
+//! policyd: a Cedar authorization sidecar. Exact Cedar decisions over local HTTP, entities in
+//! SQLite.
+//!
+//! # Layout
+//! - [`policy`]: load, validate and snapshot the Cedar policies and schema of a directory.
+//! - [`authz`]: the pure decision core, (request, snapshot, entities) -> decision.
+//! - [`store`]: the entity store interface, its SQLite backend, the parsed-entity cache and
+//!   decision slicing.
+//! - [`engine`]: joins the two: slices the store for queries and decides them on one snapshot.
+//! - [`api`]: HTTP routes, JSON types, and the one mapping from errors to statuses.
+//! - [`server`]: the accept loop and graceful drain; [`shutdown`]: the stop signal.
+//! - [`state`]: what handlers share; [`config`]: what `serve` is given; [`daemon`]: start-up.
+//! - [`import`]: entity files into the store (the `import` command and demo seeding).
+//! - [`cli`]: command-line arguments.
+
+pub mod api;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod import;
+pub mod policy;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+
+pub use server::run;

@@ -1,0 +1,95 @@
+//! The `policyd` binary: parse the command line, set up logging, run the command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use policyd::cli::{CheckArgs, Cli, Command, ImportArgs, ServeArgs};
+use policyd::store::Store;
+use policyd::store::sqlite::SqliteStore;
+use policyd::{daemon, import, policy, server, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => return check(args),
+        Command::Import(args) => import(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let state = daemon::open(&config).map_err(|e| match e {
+        daemon::StartError::Policies(load) => anyhow::anyhow!(
+            "refusing to serve invalid policies:\n{}",
+            lines(&load.errors())
+        ),
+        other => anyhow::Error::new(other),
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "policyd listening");
+        server::run(listener, state, shutdown::signal()).await;
+        Ok(())
+    })
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    match policy::load_dir(&args.policies) {
+        Ok(snapshot) => {
+            for w in &snapshot.warnings {
+                println!("warning: {w}");
+            }
+            let schema = if snapshot.schema.is_some() { "validated against the schema" } else { "not validated: no schema" };
+            println!(
+                "ok: {} policies, {schema}, revision {}",
+                snapshot.infos.len(),
+                snapshot.revision
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", lines(&e.errors()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let snapshot = policy::load_dir(&args.policies)
+        .map_err(|e| anyhow::anyhow!("cannot load the schema:\n{}", lines(&e.errors())))?;
+    let store = Store::new(Box::new(SqliteStore::open(&args.db)?), 1);
+    let n = import::import_files(&store, snapshot.schema.as_ref(), &args.files)?;
+    println!("imported {n} entities into {}", args.db.display());
+    Ok(())
+}
+
+fn lines(errors: &[policy::SourceError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,532 @@
+//! Policy loading: read the Cedar sources of a directory, parse and validate them, and freeze the
+//! result as one immutable [`PolicySnapshot`].
+//!
+//! `serve`, `check` and every reload go through [`load_dir`], so what `check` accepts is exactly
+//! what the daemon will serve.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{
+    Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+/// Deepest attribute chain a schema-validated policy set may dereference. Cedar proves the actual
+/// depth of a set (see [`PolicySnapshot::deref_depth`]); this only bounds the search for it.
+pub const MAX_DEREF_DEPTH: u32 = 16;
+
+/// How far entity references are followed when there is no schema to prove a depth.
+///
+/// Without a schema nothing bounds what a policy may reach, so this is a documented limit: a
+/// policy that follows a longer attribute chain sees the entity at its end as missing.
+pub const UNVALIDATED_DEREF_DEPTH: u32 = 4;
+
+const POLICY_EXT: &str = "cedar";
+const SCHEMA_EXT: &str = "cedarschema";
+
+/// One loaded policy as the API reports it.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    /// Stable id: the `@id` annotation, else `<file stem>.<n>`.
+    pub id: String,
+    /// `permit` or `forbid`.
+    pub effect: Effect,
+    /// File name (relative to the policy directory) the policy came from.
+    pub file: String,
+}
+
+/// Policies and schema that were loaded and validated together; never mutated once built.
+pub struct PolicySnapshot {
+    /// The policy set, with ids rewritten to [`PolicyInfo::id`].
+    pub policies: PolicySet,
+    /// The schema, when the directory has one.
+    pub schema: Option<Schema>,
+    /// Hex sha256 over the file names and contents that produced this snapshot.
+    pub revision: String,
+    /// Policies in file order, then position within the file.
+    pub infos: Vec<PolicyInfo>,
+    /// How many entity dereferences the policies may chain (Cedar level validation).
+    pub deref_depth: u32,
+    /// Warnings from validation, for the log.
+    pub warnings: Vec<String>,
+    /// When the snapshot was built.
+    pub loaded_at: SystemTime,
+    /// Each schema action with its action-group ancestors, ready to join a decision's entities.
+    actions: HashMap<EntityUid, Vec<Entity>>,
+    authorizer: Authorizer,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("revision", &self.revision)
+            .field("policies", &self.infos.len())
+            .field("schema", &self.schema.is_some())
+            .field("deref_depth", &self.deref_depth)
+            .finish()
+    }
+}
+
+impl PolicySnapshot {
+    /// The authorizer decisions run with.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// The action entity and its action groups, as declared by the schema.
+    ///
+    /// `None` when there is no schema (actions then live in the entity store) or the schema does
+    /// not declare the action.
+    pub fn action_entities(&self, action: &EntityUid) -> Option<&[Entity]> {
+        self.actions.get(action).map(Vec::as_slice)
+    }
+
+    /// Whether `action` is declared by the loaded schema.
+    pub fn declares_action(&self, action: &EntityUid) -> bool {
+        self.actions.contains_key(action)
+    }
+}
+
+/// A problem in one policy source, located as precisely as Cedar reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    /// File name relative to the policy directory (empty for directory-level problems).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.file.is_empty(), self.line, self.column) {
+            (true, _, _) => write!(f, "{}", self.message),
+            (false, Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (false, Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Why a policy directory could not be turned into a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The directory itself could not be listed.
+    #[error("cannot read policy directory {}: {source}", path.display())]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// One or more sources failed to read, parse or validate; nothing was loaded.
+    #[error("policy sources are invalid ({} error(s))", .0.len())]
+    Invalid(Vec<SourceError>),
+}
+
+impl LoadError {
+    /// Every problem, one per line-able entry.
+    pub fn errors(&self) -> Vec<SourceError> {
+        match self {
+            LoadError::ReadDir { .. } => vec![SourceError {
+                file: String::new(),
+                line: None,
+                column: None,
+                message: self.to_string(),
+            }],
+            LoadError::Invalid(errs) => errs.clone(),
+        }
+    }
+}
+
+/// The raw text of every source in a policy directory, sorted by file name.
+struct Sources {
+    policies: Vec<(String, String)>,
+    schema: Option<(String, String)>,
+}
+
+/// Reads, parses and validates every policy source in `dir` into a snapshot.
+///
+/// All-or-nothing: any error in any file refuses the whole set.
+pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
+    let sources = read_sources(dir)?;
+    let mut errors = Vec::new();
+
+    let schema = sources
+        .schema
+        .as_ref()
+        .and_then(|(file, text)| match Schema::from_cedarschema_str(text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(e) => {
+                errors.extend(diagnostic_errors(file, text, &e));
+                None
+            }
+        });
+
+    let mut policies = PolicySet::new();
+    let mut infos = Vec::new();
+    let mut files_by_id: HashMap<String, String> = HashMap::new();
+    for (file, text) in &sources.policies {
+        parse_file(file, text, &mut policies, &mut infos, &mut files_by_id, &mut errors);
+    }
+    if sources.schema.is_some() && schema.is_none() {
+        // The schema failed to parse: its errors are already recorded, and validating against
+        // nothing would only add noise.
+        return Err(LoadError::Invalid(errors));
+    }
+    if !errors.is_empty() {
+        return Err(LoadError::Invalid(errors));
+    }
+
+    let texts: HashMap<&str, &str> = sources
+        .policies
+        .iter()
+        .map(|(f, t)| (f.as_str(), t.as_str()))
+        .collect();
+    let mut warnings = Vec::new();
+    let deref_depth = match &schema {
+        Some(schema) => validate(schema, &policies, &files_by_id, &texts, &mut warnings)?,
+        None => UNVALIDATED_DEREF_DEPTH,
+    };
+    let actions = match &schema {
+        Some(schema) => action_closures(schema)?,
+        None => HashMap::new(),
+    };
+
+    Ok(PolicySnapshot {
+        policies,
+        schema,
+        revision: revision(&sources),
+        infos,
+        deref_depth,
+        warnings,
+        loaded_at: SystemTime::now(),
+        actions,
+        authorizer: Authorizer::new(),
+    })
+}
+
+fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
+    let read_dir_err = |source| LoadError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_dir_err)? {
+        let entry = entry.map_err(read_dir_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Hidden names include Kubernetes' `..data` bookkeeping links and editor swap files.
+        if name.starts_with('.') {
+            continue;
+        }
+        let ext = Path::new(&name).extension().and_then(|e| e.to_str());
+        if matches!(ext, Some(POLICY_EXT) | Some(SCHEMA_EXT)) {
+            names.push(name);
+        }
+    }
+    names.sort();
+
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    let mut schemas = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        // `read_to_string` follows symlinks, which is what ConfigMap mounts need.
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(file_error(&name, format!("cannot read file: {e}")));
+                continue;
+            }
+        };
+        if name.ends_with(SCHEMA_EXT) {
+            schemas.push((name, text));
+        } else {
+            policies.push((name, text));
+        }
+    }
+    if schemas.len() > 1 {
+        let names: Vec<&str> = schemas.iter().map(|(n, _)| n.as_str()).collect();
+        errors.push(file_error(
+            "",
+            format!("more than one schema file: {}", names.join(", ")),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(LoadError::Invalid(errors));
+    }
+    Ok(Sources {
+        policies,
+        schema: schemas.pop(),
+    })
+}
+
+/// Parses one file and adds its policies under their stable ids.
+fn parse_file(
+    file: &str,
+    text: &str,
+    policies: &mut PolicySet,
+    infos: &mut Vec<PolicyInfo>,
+    files_by_id: &mut HashMap<String, String>,
+    errors: &mut Vec<SourceError>,
+) {
+    let parsed = match PolicySet::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.extend(diagnostic_errors(file, text, &e));
+            return;
+        }
+    };
+    if parsed.templates().next().is_some() {
+        errors.push(file_error(
+            file,
+            "templates are not supported; write static policies".to_owned(),
+        ));
+        return;
+    }
+    // Cedar names parsed policies `policy0, policy1, ...` by position; recover that order so
+    // fallback ids count policies as they appear in the file.
+    let mut in_order: BTreeMap<usize, &cedar_policy::Policy> = BTreeMap::new();
+    for p in parsed.policies() {
+        let pos = p
+            .id()
+            .to_string()
+            .strip_prefix("policy")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(usize::MAX);
+        in_order.insert(pos, p);
+    }
+    let stem = Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (n, policy) in in_order.values().enumerate() {
+        let id = match policy.annotation("id") {
+            Some(id) => id.to_owned(),
+            None => format!("{stem}.{n}"),
+        };
+        if let Some(first) = files_by_id.get(&id) {
+            errors.push(file_error(
+                file,
+                format!("duplicate policy id `{id}` (first defined in {first})"),
+            ));
+            continue;
+        }
+        let renamed = policy.new_id(PolicyId::new(&id));
+        if let Err(e) = policies.add(renamed) {
+            errors.push(file_error(file, format!("policy `{id}`: {e}")));
+            continue;
+        }
+        files_by_id.insert(id.clone(), file.to_owned());
+        infos.push(PolicyInfo {
+            id,
+            effect: policy.effect(),
+            file: file.to_owned(),
+        });
+    }
+}
+
+/// Strictly validates the set and proves how deep its entity dereferences go.
+fn validate(
+    schema: &Schema,
+    policies: &PolicySet,
+    files_by_id: &HashMap<String, String>,
+    texts: &HashMap<&str, &str>,
+    warnings: &mut Vec<String>,
+) -> Result<u32, LoadError> {
+    let validator = Validator::new(schema.clone());
+    let result = validator.validate(policies, ValidationMode::Strict);
+    let locate = |id: &PolicyId| {
+        let file = files_by_id.get(AsRef::<str>::as_ref(id)).cloned().unwrap_or_default();
+        let text = texts.get(file.as_str()).copied().unwrap_or("");
+        (file, text)
+    };
+    if !result.validation_passed() {
+        let mut errors = Vec::new();
+        for e in result.validation_errors() {
+            let (file, text) = locate(e.policy_id());
+            // Cedar's message already names the policy.
+            errors.extend(diagnostic_errors(&file, text, e));
+        }
+        return Err(LoadError::Invalid(errors));
+    }
+    for w in result.validation_warnings() {
+        warnings.push(w.to_string());
+    }
+    for depth in 1..=MAX_DEREF_DEPTH {
+        if validator
+            .validate_with_level(policies, ValidationMode::Strict, depth)
+            .validation_passed()
+        {
+            return Ok(depth);
+        }
+    }
+    Err(LoadError::Invalid(vec![file_error(
+        "",
+        format!("policies chain entity dereferences deeper than {MAX_DEREF_DEPTH} levels"),
+    )]))
+}
+
+/// Maps every schema action to itself plus its action-group ancestors.
+fn action_closures(schema: &Schema) -> Result<HashMap<EntityUid, Vec<Entity>>, LoadError> {
+    let actions = schema.action_entities().map_err(|e| {
+        LoadError::Invalid(vec![file_error("", format!("schema actions: {e}"))])
+    })?;
+    let by_uid: HashMap<EntityUid, &Entity> = actions.iter().map(|e| (e.uid(), e)).collect();
+    let mut out = HashMap::new();
+    for (uid, entity) in &by_uid {
+        let mut closure = vec![(*entity).clone()];
+        let mut seen: HashSet<EntityUid> = HashSet::from([uid.clone()]);
+        if let Some(ancestors) = actions.ancestors(uid) {
+            for a in ancestors {
+                if seen.insert(a.clone())
+                    && let Some(e) = by_uid.get(a)
+                {
+                    closure.push((*e).clone());
+                }
+            }
+        }
+        out.insert(uid.clone(), closure);
+    }
+    Ok(out)
+}
+
+fn revision(sources: &Sources) -> String {
+    let mut hasher = Sha256::new();
+    for (name, text) in sources.schema.iter().chain(&sources.policies) {
+        // Length prefixes keep `a` + `bc` distinct from `ab` + `c`.
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((text.len() as u64).to_le_bytes());
+        hasher.update(text.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_error(file: &str, message: String) -> SourceError {
+    SourceError {
+        file: file.to_owned(),
+        line: None,
+        column: None,
+        message,
+    }
+}
+
+/// Turns a Cedar diagnostic (and its related diagnostics) into located errors.
+fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<SourceError> {
+    let mut out = Vec::new();
+    let related: Vec<&dyn Diagnostic> = diag.related().map(|r| r.collect()).unwrap_or_default();
+    let all: Vec<&dyn Diagnostic> = if related.is_empty() {
+        vec![diag]
+    } else {
+        related
+    };
+    for d in all {
+        let offset = d
+            .labels()
+            .and_then(|mut labels| labels.next())
+            .map(|l| l.offset());
+        let (line, column) = match offset {
+            Some(o) => {
+                let (l, c) = line_col(text, o);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        let mut message = d.to_string();
+        if let Some(help) = d.help() {
+            message.push_str(&format!(" ({help})"));
+        }
+        out.push(SourceError {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        });
+    }
+    out
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn fallback_ids_follow_file_position_and_annotations_win() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "rules.cedar",
+            "permit(principal, action, resource);\n@id(\"named\") forbid(principal, action, resource);\npermit(principal, action, resource) when { false };",
+        );
+        let snap = load_dir(dir.path()).unwrap();
+        let ids: Vec<&str> = snap.infos.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["rules.0", "named", "rules.2"]);
+        assert_eq!(snap.deref_depth, UNVALIDATED_DEREF_DEPTH);
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.cedar", "@id(\"x\") permit(principal, action, resource);");
+        write(dir.path(), "b.cedar", "@id(\"x\") permit(principal, action, resource);");
+        let err = load_dir(dir.path()).unwrap_err().errors();
+        assert_eq!(err.len(), 1);
+        assert!(err[0].message.contains("duplicate policy id `x`"), "{}", err[0]);
+        assert_eq!(err[0].file, "b.cedar");
+    }
+
+    #[test]
+    fn parse_errors_carry_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "bad.cedar", "\n\npermit(principal, action, resource) when { 1 + };");
+        let err = load_dir(dir.path()).unwrap_err().errors();
+        assert_eq!(err[0].file, "bad.cedar");
+        assert_eq!(err[0].line, Some(3));
+    }
+
+    #[test]
+    fn revision_changes_with_content() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.cedar", "permit(principal, action, resource);");
+        let first = load_dir(dir.path()).unwrap().revision;
+        write(dir.path(), "a.cedar", "forbid(principal, action, resource);");
+        let second = load_dir(dir.path()).unwrap().revision;
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 64);
+    }
+
+    #[test]
+    fn line_col_counts_chars() {
+        assert_eq!(line_col("ab\ncé", 6), (2, 3));
+        assert_eq!(line_col("", 0), (1, 1));
+    }
+}

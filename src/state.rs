@@ -1,0 +1,36 @@
+//! The state every request handler shares: the current policy snapshot, the store, the limits.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Limits;
+use crate::policy::PolicySnapshot;
+use crate::store::Store;
+
+/// Shared daemon state. Cheap to clone the `Arc` around it; never locked as a whole.
+pub struct AppState {
+    /// The snapshot decisions use. A request loads it once and keeps that `Arc` to the end, so a
+    /// reload swapping it never splits a request between two policy sets.
+    pub policies: ArcSwap<PolicySnapshot>,
+    /// The entity store.
+    pub store: Arc<Store>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// Builds the state from a loaded snapshot and an open store.
+    pub fn new(snapshot: PolicySnapshot, store: Store, limits: Limits) -> Arc<Self> {
+        Arc::new(AppState {
+            policies: ArcSwap::from_pointee(snapshot),
+            store: Arc::new(store),
+            limits,
+        })
+    }
+
+    /// The snapshot to use for one whole request.
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        self.policies.load_full()
+    }
+}

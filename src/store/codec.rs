@@ -1,0 +1,206 @@
+//! Conversion between Cedar entities and what the store keeps: canonical Cedar entity JSON.
+//!
+//! Entities are validated against the schema once, on write; what is stored is Cedar's own JSON
+//! rendering of the parsed entity, so reading it back (with or without a schema) yields the
+//! same entity, every Cedar value kind included.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, Schema};
+use serde_json::Value;
+
+/// One entity as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The entity's uid.
+    pub uid: EntityUid,
+    /// Its direct parents, stored as edges so ancestors resolve with indexed queries.
+    pub parents: Vec<EntityUid>,
+    /// Canonical Cedar entity JSON.
+    pub body: String,
+}
+
+/// An entity parsed once from its record, ready for decisions.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The Cedar entity.
+    pub entity: Entity,
+    /// Direct parents.
+    pub parents: Vec<EntityUid>,
+    /// Entities its attributes and tags refer to: where a policy may dereference next.
+    pub refs: Vec<EntityUid>,
+}
+
+/// Why an entity in a write was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("entity {index}{}: {message}", uid.as_ref().map(|u| format!(" ({u})")).unwrap_or_default())]
+pub struct EntityError {
+    /// Position in the submitted array.
+    pub index: usize,
+    /// The entity's uid, when it could be read.
+    pub uid: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a stored record could not be turned back into an entity (store corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("stored entity {uid} is unreadable: {message}")]
+pub struct DecodeError {
+    /// The uid whose record is bad.
+    pub uid: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Parses a Cedar entities JSON array, validating each entity against `schema`.
+///
+/// All-or-nothing: the first invalid entity fails the batch, and the error names it.
+pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>, EntityError> {
+    let Value::Array(items) = value else {
+        return Err(EntityError {
+            index: 0,
+            uid: None,
+            message: "expected a JSON array of Cedar entities".to_owned(),
+        });
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let uid_hint = item.get("uid").and_then(|u| EntityUid::from_json(u.clone()).ok());
+        let fail = |message: String| EntityError {
+            index,
+            uid: uid_hint.as_ref().map(ToString::to_string),
+            message,
+        };
+        if let (Some(uid), Some(_)) = (&uid_hint, schema)
+            && is_action_type(uid.type_name())
+        {
+            return Err(fail(
+                "action entities are defined by the schema and cannot be written".to_owned(),
+            ));
+        }
+        let entity = Entity::from_json_value(item, schema).map_err(|e| fail(error_chain(&e)))?;
+        let uid = entity.uid();
+        if !seen.insert(uid.clone()) {
+            return Err(fail("the same entity appears twice in this write".to_owned()));
+        }
+        out.push(encode(&entity).map_err(|e| fail(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+impl Record {
+    /// Rebuilds a record from a stored body, reading the parents back out of it.
+    pub fn from_stored(uid: EntityUid, body: String) -> Result<Record, DecodeError> {
+        let json: Value = serde_json::from_str(&body).map_err(|e| DecodeError {
+            uid: uid.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Record {
+            parents: parents_of(&json),
+            uid,
+            body,
+        })
+    }
+}
+
+fn parents_of(json: &Value) -> Vec<EntityUid> {
+    json.get("parents")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| EntityUid::from_json(p.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Renders a parsed entity as the record the store keeps.
+pub fn encode(entity: &Entity) -> Result<Record, cedar_policy::entities_errors::EntitiesError> {
+    let json = entity.to_json_value()?;
+    Ok(Record {
+        uid: entity.uid(),
+        parents: parents_of(&json),
+        body: json.to_string(),
+    })
+}
+
+/// Parses a stored record back into an entity and the uids it points at.
+pub fn decode(record: &Record) -> Result<Parsed, DecodeError> {
+    let fail = |message: String| DecodeError {
+        uid: record.uid.to_string(),
+        message,
+    };
+    let json: Value = serde_json::from_str(&record.body).map_err(|e| fail(e.to_string()))?;
+    let mut refs = Vec::new();
+    for key in ["attrs", "tags"] {
+        if let Some(v) = json.get(key) {
+            collect_refs(v, &mut refs);
+        }
+    }
+    // No schema needed: the canonical JSON spells out every entity and extension value.
+    let entity = Entity::from_json_value(json, None).map_err(|e| fail(error_chain(&e)))?;
+    Ok(Parsed {
+        entity,
+        parents: record.parents.clone(),
+        refs,
+    })
+}
+
+/// Collects entity uids mentioned in a Cedar JSON value: `{"__entity": ...}` escapes, and bare
+/// `{"type", "id"}` records (which a schema may read as entities). Extra uids only cost a lookup.
+pub fn collect_refs(value: &Value, out: &mut Vec<EntityUid>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        Value::Object(map) => {
+            if let Some(inner) = map.get("__entity") {
+                if let Some(uid) = uid_from_parts(inner) {
+                    out.push(uid);
+                }
+                return;
+            }
+            if map.len() == 2
+                && let Some(uid) = uid_from_parts(value)
+            {
+                out.push(uid);
+                return;
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        _ => {}
+    }
+}
+
+fn uid_from_parts(value: &Value) -> Option<EntityUid> {
+    let ty = value.get("type")?.as_str()?;
+    let id = value.get("id")?.as_str()?;
+    Some(uid_from_strs(ty, id).ok()?)
+}
+
+/// Builds a uid from a type name and a raw id (any string, unescaped).
+pub fn uid_from_strs(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let ty = EntityTypeName::from_str(ty).map_err(|e| format!("invalid entity type `{ty}`: {e}"))?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+/// Whether a type is an action type (`Action` or `Namespace::Action`).
+pub fn is_action_type(ty: &EntityTypeName) -> bool {
+    ty.basename() == "Action"
+}
+
+/// A Cedar error with its sources, which is where Cedar puts the specific problem.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}

@@ -1,0 +1,125 @@
+//! The entity store: where Cedar entities live, and how the entities one decision can touch are
+//! gathered from it.
+//!
+//! [`EntityStore`] is the narrow interface a backend implements (SQLite today, see [`sqlite`]).
+//! [`Store`] wraps a backend with a cache of parsed entities and the slicing algorithm, which
+//! are the same for every backend.
+
+mod cache;
+pub mod codec;
+mod slice;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use cedar_policy::{Entity, EntityUid};
+
+use cache::EntityCache;
+pub use codec::Record;
+
+/// What a backend can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The database file or its directory could not be prepared.
+    #[error("cannot open store at {path}: {message}")]
+    Open {
+        /// The database path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A stored entity could not be read back.
+    #[error(transparent)]
+    Corrupt(#[from] codec::DecodeError),
+}
+
+/// The operations a storage backend provides. Every method blocks; callers on an async runtime
+/// run them on a blocking thread.
+pub trait EntityStore: Send + Sync {
+    /// Inserts or replaces every record in one durable transaction: all of them or none.
+    fn upsert(&self, records: &[Record]) -> Result<(), StoreError>;
+    /// Removes one entity; `false` when it was absent.
+    fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError>;
+    /// The stored record of one entity.
+    fn get(&self, uid: &EntityUid) -> Result<Option<Record>, StoreError>;
+    /// The record of `uid` (when stored) and of every stored ancestor, in one indexed query.
+    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<Record>, StoreError>;
+    /// Number of stored entities.
+    fn count(&self) -> Result<u64, StoreError>;
+    /// Checks that the backend answers, cheaply.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A backend behind a cache of parsed entities, with decision slicing on top.
+pub struct Store {
+    backend: Box<dyn EntityStore>,
+    cache: EntityCache,
+}
+
+impl Store {
+    /// Wraps `backend`, caching at most `cache_capacity` parsed entities.
+    pub fn new(backend: Box<dyn EntityStore>, cache_capacity: usize) -> Self {
+        Store {
+            backend,
+            cache: EntityCache::new(cache_capacity),
+        }
+    }
+
+    /// Writes `records` atomically; once this returns, every decision sees them.
+    pub fn upsert(&self, records: &[Record]) -> Result<(), StoreError> {
+        let uids: Vec<&EntityUid> = records.iter().map(|r| &r.uid).collect();
+        self.cache.write(&uids, || self.backend.upsert(records))
+    }
+
+    /// Deletes one entity; once this returns, no decision sees it.
+    pub fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError> {
+        self.cache.write(&[uid], || self.backend.delete(uid))
+    }
+
+    /// The stored record of one entity.
+    pub fn get(&self, uid: &EntityUid) -> Result<Option<Record>, StoreError> {
+        self.backend.get(uid)
+    }
+
+    /// Number of stored entities.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.backend.count()
+    }
+
+    /// Checks that the backend answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.backend.ping()
+    }
+
+    /// Every stored entity a decision can touch: the `roots`, all their ancestors, and the
+    /// entities reachable through attributes up to `depth` dereferences (with their ancestors).
+    pub fn slice(&self, roots: &[EntityUid], depth: u32) -> Result<Vec<Entity>, StoreError> {
+        slice::slice(roots, depth, |uid| self.fetch(uid))
+    }
+
+    /// One parsed entity, from the cache or else the backend (which also warms its ancestors).
+    fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<codec::Parsed>>, StoreError> {
+        if let Some(hit) = self.cache.get(uid) {
+            return Ok(hit);
+        }
+        let epoch = self.cache.epoch();
+        let records = self.backend.get_with_ancestors(uid)?;
+        let mut found = None;
+        let mut parsed = Vec::with_capacity(records.len());
+        for record in &records {
+            let p = Arc::new(codec::decode(record)?);
+            if record.uid == *uid {
+                found = Some(p.clone());
+            }
+            parsed.push((record.uid.clone(), Some(p)));
+        }
+        if found.is_none() {
+            parsed.push((uid.clone(), None));
+        }
+        self.cache.fill(epoch, parsed);
+        Ok(found)
+    }
+}
