@@ -112,9 +112,10 @@ pub fn entities<'a>(
 
 /// Evaluates one query against the snapshot's policies.
 pub fn decide(snapshot: &PolicySnapshot, query: &Query, entities: &Entities) -> Decision {
-    let response = snapshot
-        .authorizer()
-        .is_authorized(&query.request, &snapshot.policies, entities);
+    let response =
+        snapshot
+            .authorizer()
+            .is_authorized(&query.request, &snapshot.policies, entities);
     let diagnostics = response.diagnostics();
     let mut reasons: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
     reasons.sort();

@@ -62,7 +62,11 @@ fn check(args: CheckArgs) -> ExitCode {
             for w in &snapshot.warnings {
                 println!("warning: {w}");
             }
-            let schema = if snapshot.schema.is_some() { "validated against the schema" } else { "not validated: no schema" };
+            let schema = if snapshot.schema.is_some() {
+                "validated against the schema"
+            } else {
+                "not validated: no schema"
+            };
             println!(
                 "ok: {} policies, {schema}, revision {}",
                 snapshot.infos.len(),

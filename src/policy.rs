@@ -160,22 +160,30 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
     let sources = read_sources(dir)?;
     let mut errors = Vec::new();
 
-    let schema = sources
-        .schema
-        .as_ref()
-        .and_then(|(file, text)| match Schema::from_cedarschema_str(text) {
-            Ok((schema, _warnings)) => Some(schema),
-            Err(e) => {
-                errors.extend(diagnostic_errors(file, text, &e));
-                None
-            }
-        });
+    let schema =
+        sources
+            .schema
+            .as_ref()
+            .and_then(|(file, text)| match Schema::from_cedarschema_str(text) {
+                Ok((schema, _warnings)) => Some(schema),
+                Err(e) => {
+                    errors.extend(diagnostic_errors(file, text, &e));
+                    None
+                }
+            });
 
     let mut policies = PolicySet::new();
     let mut infos = Vec::new();
     let mut files_by_id: HashMap<String, String> = HashMap::new();
     for (file, text) in &sources.policies {
-        parse_file(file, text, &mut policies, &mut infos, &mut files_by_id, &mut errors);
+        parse_file(
+            file,
+            text,
+            &mut policies,
+            &mut infos,
+            &mut files_by_id,
+            &mut errors,
+        );
     }
     if sources.schema.is_some() && schema.is_none() {
         // The schema failed to parse: its errors are already recorded, and validating against
@@ -345,7 +353,10 @@ fn validate(
     let validator = Validator::new(schema.clone());
     let result = validator.validate(policies, ValidationMode::Strict);
     let locate = |id: &PolicyId| {
-        let file = files_by_id.get(AsRef::<str>::as_ref(id)).cloned().unwrap_or_default();
+        let file = files_by_id
+            .get(AsRef::<str>::as_ref(id))
+            .cloned()
+            .unwrap_or_default();
         let text = texts.get(file.as_str()).copied().unwrap_or("");
         (file, text)
     };
@@ -377,9 +388,9 @@ fn validate(
 
 /// Maps every schema action to itself plus its action-group ancestors.
 fn action_closures(schema: &Schema) -> Result<HashMap<EntityUid, Vec<Entity>>, LoadError> {
-    let actions = schema.action_entities().map_err(|e| {
-        LoadError::Invalid(vec![file_error("", format!("schema actions: {e}"))])
-    })?;
+    let actions = schema
+        .action_entities()
+        .map_err(|e| LoadError::Invalid(vec![file_error("", format!("schema actions: {e}"))]))?;
     let by_uid: HashMap<EntityUid, &Entity> = actions.iter().map(|e| (e.uid(), e)).collect();
     let mut out = HashMap::new();
     for (uid, entity) in &by_uid {
@@ -467,7 +478,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .iter()
         .rposition(|b| *b == b'\n')
         .map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 
@@ -496,18 +510,34 @@ mod tests {
     #[test]
     fn duplicate_ids_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.cedar", "@id(\"x\") permit(principal, action, resource);");
-        write(dir.path(), "b.cedar", "@id(\"x\") permit(principal, action, resource);");
+        write(
+            dir.path(),
+            "a.cedar",
+            "@id(\"x\") permit(principal, action, resource);",
+        );
+        write(
+            dir.path(),
+            "b.cedar",
+            "@id(\"x\") permit(principal, action, resource);",
+        );
         let err = load_dir(dir.path()).unwrap_err().errors();
         assert_eq!(err.len(), 1);
-        assert!(err[0].message.contains("duplicate policy id `x`"), "{}", err[0]);
+        assert!(
+            err[0].message.contains("duplicate policy id `x`"),
+            "{}",
+            err[0]
+        );
         assert_eq!(err[0].file, "b.cedar");
     }
 
     #[test]
     fn parse_errors_carry_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "bad.cedar", "\n\npermit(principal, action, resource) when { 1 + };");
+        write(
+            dir.path(),
+            "bad.cedar",
+            "\n\npermit(principal, action, resource) when { 1 + };",
+        );
         let err = load_dir(dir.path()).unwrap_err().errors();
         assert_eq!(err[0].file, "bad.cedar");
         assert_eq!(err[0].line, Some(3));
@@ -516,9 +546,17 @@ mod tests {
     #[test]
     fn revision_changes_with_content() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "a.cedar", "permit(principal, action, resource);");
+        write(
+            dir.path(),
+            "a.cedar",
+            "permit(principal, action, resource);",
+        );
         let first = load_dir(dir.path()).unwrap().revision;
-        write(dir.path(), "a.cedar", "forbid(principal, action, resource);");
+        write(
+            dir.path(),
+            "a.cedar",
+            "forbid(principal, action, resource);",
+        );
         let second = load_dir(dir.path()).unwrap().revision;
         assert_ne!(first, second);
         assert_eq!(first.len(), 64);

@@ -18,8 +18,7 @@ const REQUEST_FIELDS: &[&str] = &["principal", "action", "resource", "context"];
 pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
     let query = query(&snapshot, json::parse(body)?, "")?;
-    let decisions =
-        engine::decide_all_async(state.store.clone(), snapshot, vec![query]).await?;
+    let decisions = engine::decide_all_async(state.store.clone(), snapshot, vec![query]).await?;
     let decision = decisions
         .first()
         .ok_or_else(|| ApiError::Internal("no decision for the request".to_owned()))?;
@@ -50,7 +49,10 @@ pub async fn batch(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body
         .collect::<Result<Vec<_>, _>>()?;
     let decisions = engine::decide_all_async(state.store.clone(), snapshot, queries).await?;
     let results: Vec<Value> = decisions.iter().map(json::decision).collect();
-    Ok(json::respond(StatusCode::OK, &json!({ "results": results })))
+    Ok(json::respond(
+        StatusCode::OK,
+        &json!({ "results": results }),
+    ))
 }
 
 /// Parses and validates one decision request found at `at` in the body.

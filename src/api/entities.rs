@@ -28,7 +28,8 @@ pub async fn get(state: &AppState, ty: &str, id: &str) -> Result<hyper::Response
     let uid = path_uid(ty, id)?;
     let shown = uid.to_string();
     let record = blocking(state.store.clone(), move |store| store.get(&uid)).await?;
-    let record = record.ok_or_else(|| ApiError::NotFound(format!("entity {shown} is not stored")))?;
+    let record =
+        record.ok_or_else(|| ApiError::NotFound(format!("entity {shown} is not stored")))?;
     let body = json::parse(record.body.as_bytes())
         .map_err(|e| ApiError::Internal(format!("stored entity {shown}: {e}")))?;
     Ok(json::respond(StatusCode::OK, &body))

@@ -1,9 +1,9 @@
 //! JSON in and out: reading bodies, parsing entity uids and decision requests, rendering
 //! responses.
 
-use hyper::body::Bytes;
 use cedar_policy::EntityUid;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use serde_json::{Map, Value};

@@ -68,7 +68,9 @@ pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>,
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let uid_hint = item.get("uid").and_then(|u| EntityUid::from_json(u.clone()).ok());
+        let uid_hint = item
+            .get("uid")
+            .and_then(|u| EntityUid::from_json(u.clone()).ok());
         let fail = |message: String| EntityError {
             index,
             uid: uid_hint.as_ref().map(ToString::to_string),
@@ -84,7 +86,9 @@ pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>,
         let entity = Entity::from_json_value(item, schema).map_err(|e| fail(error_chain(&e)))?;
         let uid = entity.uid();
         if !seen.insert(uid.clone()) {
-            return Err(fail("the same entity appears twice in this write".to_owned()));
+            return Err(fail(
+                "the same entity appears twice in this write".to_owned(),
+            ));
         }
         out.push(encode(&entity).map_err(|e| fail(e.to_string()))?);
     }
@@ -181,7 +185,8 @@ fn uid_from_parts(value: &Value) -> Option<EntityUid> {
 
 /// Builds a uid from a type name and a raw id (any string, unescaped).
 pub fn uid_from_strs(ty: &str, id: &str) -> Result<EntityUid, String> {
-    let ty = EntityTypeName::from_str(ty).map_err(|e| format!("invalid entity type `{ty}`: {e}"))?;
+    let ty =
+        EntityTypeName::from_str(ty).map_err(|e| format!("invalid entity type `{ty}`: {e}"))?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 

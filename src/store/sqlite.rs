@@ -72,7 +72,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a pooled read-only connection.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -138,7 +141,8 @@ impl EntityStore for SqliteStore {
                 "INSERT INTO entities (etype, eid, body) VALUES (?1, ?2, ?3)
                  ON CONFLICT (etype, eid) DO UPDATE SET body = excluded.body",
             )?;
-            let mut clear = tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?;
+            let mut clear =
+                tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?;
             let mut edge = tx.prepare_cached(
                 "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid) VALUES (?1, ?2, ?3, ?4)",
             )?;
@@ -193,7 +197,11 @@ impl EntityStore for SqliteStore {
                  JOIN entities e ON e.etype = c.t AND e.eid = c.i",
             )?;
             let rows = stmt.query_map(params![ty, id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {

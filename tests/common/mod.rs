@@ -1,0 +1,213 @@
+//! Test harness: a real daemon on 127.0.0.1:0 over a temp dir, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use policyd::config::{Limits, ServeConfig};
+use policyd::state::AppState;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The repository's bundled policies.
+pub fn repo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// The repository's demo entities.
+pub fn repo_entities() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("entities")
+}
+
+/// A daemon serving on a random loopback port until dropped or stopped.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Options for [`Daemon::start`].
+pub struct Setup {
+    pub policies: PathBuf,
+    pub entities: Option<PathBuf>,
+    pub limits: Limits,
+    pub entity_cache: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            policies: repo_policies(),
+            entities: None,
+            limits: Limits::default(),
+            entity_cache: 10_000,
+        }
+    }
+}
+
+impl Daemon {
+    /// The bundled policies and demo entities.
+    pub async fn demo() -> Daemon {
+        Daemon::start(Setup {
+            entities: Some(repo_entities()),
+            ..Setup::default()
+        })
+        .await
+    }
+
+    /// Starts a daemon the way `serve` does, on its own temp dir.
+    pub async fn start(setup: Setup) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServeConfig {
+            policies_dir: setup.policies,
+            db_path: dir.path().join("data/policyd.db"),
+            entities_dir: setup
+                .entities
+                .unwrap_or_else(|| dir.path().join("no-entities")),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            entity_cache: setup.entity_cache,
+            limits: setup.limits,
+        };
+        let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(policyd::run(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Daemon {
+            addr,
+            dir,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    /// Sends raw bytes with a method and path; returns the status and the JSON body (Null when
+    /// the body is empty).
+    pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "policyd")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "response is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, value)
+    }
+
+    /// Sends JSON (or no body).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        self.raw(method, path, bytes).await
+    }
+
+    /// One decision on Cedar uid strings; returns the decision and the reasons.
+    pub async fn decide(
+        &self,
+        principal: &str,
+        action: &str,
+        resource: &str,
+    ) -> (String, Vec<String>) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/is_authorized",
+                Some(&json!({"principal": principal, "action": action, "resource": resource})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{principal} {action} {resource}: {body}"
+        );
+        decision_of(&body)
+    }
+
+    /// Writes entities, asserting success.
+    pub async fn put(&self, entities: Value) {
+        let (status, body) = self.call("PUT", "/v1/entities", Some(&entities)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    /// Reads an entity, `None` on 404.
+    pub async fn get(&self, ty: &str, id: &str) -> Option<Value> {
+        let path = format!("/v1/entities/{}/{}", encode(ty), encode(id));
+        let (status, body) = self.call("GET", &path, None).await;
+        match status {
+            StatusCode::OK => Some(body),
+            StatusCode::NOT_FOUND => None,
+            other => panic!("GET {path}: {other} {body}"),
+        }
+    }
+}
+
+/// Decision and sorted reasons of an `is_authorized` response.
+pub fn decision_of(body: &Value) -> (String, Vec<String>) {
+    let decision = body["decision"].as_str().unwrap().to_owned();
+    let reasons = body["diagnostics"]["reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    (decision, reasons)
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Writes files into a fresh temp dir (for policy and schema fixtures).
+pub fn policy_dir(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
