@@ -33,6 +33,9 @@ pub enum ApiError {
     /// An entity in a write is invalid.
     #[error(transparent)]
     InvalidEntity(#[from] EntityError),
+    /// A write would put an entity among its own ancestors.
+    #[error("{0}")]
+    HierarchyCycle(String),
     /// A batch holds more requests than allowed.
     #[error("batch holds {got} requests; the limit is {max}")]
     BatchTooLarge {
@@ -71,7 +74,10 @@ fn field_prefix(field: &str) -> String {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Cycle(_) => ApiError::HierarchyCycle(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -96,6 +102,7 @@ impl ApiError {
                 },
             ),
             ApiError::InvalidEntity(_) => (StatusCode::BAD_REQUEST, "invalid_entity"),
+            ApiError::HierarchyCycle(_) => (StatusCode::BAD_REQUEST, "hierarchy_cycle"),
             ApiError::BatchTooLarge { .. } => (StatusCode::BAD_REQUEST, "batch_too_large"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),

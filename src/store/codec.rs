@@ -90,7 +90,7 @@ pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>,
                 "the same entity appears twice in this write".to_owned(),
             ));
         }
-        out.push(encode(&entity).map_err(|e| fail(e.to_string()))?);
+        out.push(encode(&entity).map_err(fail)?);
     }
     Ok(out)
 }
@@ -122,8 +122,8 @@ fn parents_of(json: &Value) -> Vec<EntityUid> {
 }
 
 /// Renders a parsed entity as the record the store keeps.
-pub fn encode(entity: &Entity) -> Result<Record, cedar_policy::entities_errors::EntitiesError> {
-    let json = entity.to_json_value()?;
+pub fn encode(entity: &Entity) -> Result<Record, String> {
+    let json = entity.to_json_value().map_err(|e| error_chain(&e))?;
     Ok(Record {
         uid: entity.uid(),
         parents: parents_of(&json),
@@ -180,7 +180,7 @@ pub fn collect_refs(value: &Value, out: &mut Vec<EntityUid>) {
 fn uid_from_parts(value: &Value) -> Option<EntityUid> {
     let ty = value.get("type")?.as_str()?;
     let id = value.get("id")?.as_str()?;
-    Some(uid_from_strs(ty, id).ok()?)
+    uid_from_strs(ty, id).ok()
 }
 
 /// Builds a uid from a type name and a raw id (any string, unescaped).

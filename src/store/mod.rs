@@ -31,6 +31,9 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
+    /// The write would make an entity its own ancestor, which Cedar cannot evaluate.
+    #[error("writing {0} would make it its own ancestor (a cycle in the parent hierarchy)")]
+    Cycle(String),
     /// A stored entity could not be read back.
     #[error(transparent)]
     Corrupt(#[from] codec::DecodeError),
@@ -40,6 +43,7 @@ pub enum StoreError {
 /// run them on a blocking thread.
 pub trait EntityStore: Send + Sync {
     /// Inserts or replaces every record in one durable transaction: all of them or none.
+    /// Refuses ([`StoreError::Cycle`]) a write after which an entity would be its own ancestor.
     fn upsert(&self, records: &[Record]) -> Result<(), StoreError>;
     /// Removes one entity; `false` when it was absent.
     fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError>;

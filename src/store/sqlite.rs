@@ -112,6 +112,15 @@ impl SqliteStore {
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let applied = usize::try_from(version).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Open {
+            path: conn.path().unwrap_or_default().to_owned(),
+            message: format!(
+                "database schema version {applied} is newer than this policyd ({})",
+                MIGRATIONS.len()
+            ),
+        });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
@@ -153,6 +162,22 @@ impl EntityStore for SqliteStore {
                 for p in &r.parents {
                     let (pty, pid) = key(p);
                     edge.execute(params![ty, id, pty, pid])?;
+                }
+            }
+            // Checked after all edges are in, inside the write lock, so a cycle made of
+            // several entities of one write, or of two concurrent writes, is caught too.
+            let mut cyclic = tx.prepare_cached(
+                "WITH RECURSIVE up (t, i) AS (
+                     SELECT ptype, pid FROM parents WHERE ctype = ?1 AND cid = ?2
+                     UNION
+                     SELECT p.ptype, p.pid FROM parents p JOIN up ON p.ctype = up.t AND p.cid = up.i
+                 )
+                 SELECT 1 FROM up WHERE t = ?1 AND i = ?2 LIMIT 1",
+            )?;
+            for r in records.iter().filter(|r| !r.parents.is_empty()) {
+                let (ty, id) = key(&r.uid);
+                if cyclic.exists(params![ty, id])? {
+                    return Err(StoreError::Cycle(r.uid.to_string()));
                 }
             }
             Ok(())

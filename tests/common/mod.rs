@@ -31,6 +31,7 @@ pub struct Daemon {
     pub addr: SocketAddr,
     pub dir: TempDir,
     pub state: Arc<AppState>,
+    fixtures: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -64,6 +65,18 @@ impl Daemon {
         .await
     }
 
+    /// A daemon over policy files written into a temp dir, with an empty store.
+    pub async fn dir_policies(files: &[(&str, &str)]) -> Daemon {
+        let dir = policy_dir(files);
+        let mut d = Daemon::start(Setup {
+            policies: dir.path().to_path_buf(),
+            ..Setup::default()
+        })
+        .await;
+        d.fixtures = Some(dir);
+        d
+    }
+
     /// Starts a daemon the way `serve` does, on its own temp dir.
     pub async fn start(setup: Setup) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
@@ -88,6 +101,7 @@ impl Daemon {
             addr,
             dir,
             state,
+            fixtures: None,
             stop: Some(stop),
             task: Some(task),
         }

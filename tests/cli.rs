@@ -1,0 +1,241 @@
+//! The `policyd` binary: `serve` on the bundled demo, `check`, `import`, and signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{policy_dir, repo_entities, repo_policies};
+
+fn policyd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_policyd"));
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("POLICYD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Starts `serve` on a random port and returns the child and the address it logged.
+fn spawn_serve(db: &Path, extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let mut cmd = policyd();
+    cmd.arg("serve")
+        .arg("--db")
+        .arg(db)
+        .arg("--policies")
+        .arg(repo_policies())
+        .arg("--entities")
+        .arg(repo_entities())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    if !extra_env.iter().any(|(k, _)| *k == "POLICYD_LISTEN") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve did not log its address");
+    (child, addr.parse().unwrap())
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "policyd did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn serve_seeds_the_demo_answers_and_exits_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("nested/dir/policyd.db");
+    let (mut child, addr) = spawn_serve(&db, &[]);
+    assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200"));
+    let resp = post(
+        addr,
+        "/v1/is_authorized",
+        r#"{"principal": "User::\"carol\"", "action": "Action::\"view\"", "resource": "Dataset::\"speech-audio\""}"#,
+    );
+    assert!(resp.contains(r#""decision":"Allow""#), "{resp}");
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
+    assert!(db.exists());
+}
+
+#[test]
+fn serve_reads_flags_from_the_environment_and_stops_on_sigint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("policyd.db");
+    let (mut child, addr) = spawn_serve(&db, &[("POLICYD_LISTEN", "127.0.0.1:0")]);
+    assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+    signal(&child, "INT");
+    assert!(wait(&mut child).success());
+}
+
+#[test]
+fn serve_refuses_invalid_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = policy_dir(&[(
+        "x.cedar",
+        "permit(principal, action, resource) when { 1 + };",
+    )]);
+    let out = policyd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--policies")
+        .arg(bad.path())
+        .arg("--db")
+        .arg(tmp.path().join("db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("x.cedar:1:"), "{stderr}");
+}
+
+#[test]
+fn check_reports_each_error_with_file_and_line() {
+    let ok = policyd()
+        .arg("check")
+        .arg("--policies")
+        .arg(repo_policies())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok: 17 policies"));
+
+    let schema = std::fs::read_to_string(repo_policies().join("schema.cedarschema")).unwrap();
+    let bad = policy_dir(&[
+        ("schema.cedarschema", &schema),
+        (
+            "a.cedar",
+            "permit(principal, action == Action::\"view\", resource is Project)\nwhen { resource.colour == \"red\" };",
+        ),
+        (
+            "b.cedar",
+            "\npermit(principal, action == Action::\"view\", resource is Dataset)\nwhen { resource.size_bytes == \"big\" };",
+        ),
+    ]);
+    let out = policyd()
+        .arg("check")
+        .arg("--policies")
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("a.cedar:2:"), "{stdout}");
+    assert!(stdout.contains("colour"), "{stdout}");
+    assert!(stdout.contains("b.cedar:3:"), "{stdout}");
+}
+
+#[test]
+fn import_writes_valid_files_and_nothing_from_invalid_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("import.db");
+    let demo = repo_entities().join("demo.json");
+    let out = policyd()
+        .arg("import")
+        .arg("--db")
+        .arg(&db)
+        .arg("--policies")
+        .arg(repo_policies())
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 24 entities"));
+
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"uid": {"type": "User", "id": "new"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "User", "id": "broken"}, "attrs": {"name": 1}, "parents": []}]"#,
+    )
+    .unwrap();
+    let out = policyd()
+        .arg("import")
+        .arg("--db")
+        .arg(&db)
+        .arg("--policies")
+        .arg(repo_policies())
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.json") && stderr.contains("User::\"broken\""),
+        "{stderr}"
+    );
+
+    // The imported store serves as is (not re-seeded), and holds nothing from the bad file.
+    let (mut child, addr) = spawn_serve(&db, &[]);
+    assert!(get(addr, "/v1/entities/User/bob").starts_with("HTTP/1.1 200"));
+    assert!(get(addr, "/v1/entities/User/new").starts_with("HTTP/1.1 404"));
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
+}
