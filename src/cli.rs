@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "POLICYD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
+    /// Reload when the policy directory changes (SIGHUP and the API always reload).
+    #[arg(long, env = "POLICYD_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch: bool,
     /// Most requests in one batch.
     #[arg(long, env = "POLICYD_MAX_BATCH", default_value_t = 100)]
     pub max_batch: usize,
@@ -62,6 +65,7 @@ impl ServeArgs {
             entities_dir: self.entities.clone(),
             listen: self.listen,
             entity_cache: self.entity_cache,
+            watch: self.watch,
             limits: Limits {
                 max_body_bytes: self.max_body,
                 max_batch: self.max_batch,

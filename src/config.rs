@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Parsed entities kept in memory.
     pub entity_cache: usize,
+    /// Reload when the policy directory changes.
+    pub watch: bool,
     /// Request limits.
     pub limits: Limits,
 }

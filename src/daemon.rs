@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::ServeConfig;
 use crate::import::{self, ImportError};
 use crate::policy::{self, LoadError};
+use crate::reload::Reloader;
 use crate::state::AppState;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -57,5 +58,10 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
     } else {
         tracing::info!(dir = %config.entities_dir.display(), "no entities directory; nothing to seed");
     }
-    Ok(AppState::new(snapshot, store, config.limits.clone()))
+    Ok(AppState::new(
+        snapshot,
+        store,
+        config.limits.clone(),
+        Reloader::new(&config.policies_dir),
+    ))
 }

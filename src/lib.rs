@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`policy`]: load, validate and snapshot the Cedar policies and schema of a directory.
+//! - [`reload`]: hot reload (directory watcher, SIGHUP, API), coalesced, never half-applied.
 //! - [`authz`]: the pure decision core, (request, snapshot, entities) -> decision.
 //! - [`store`]: the entity store interface, its SQLite backend, the parsed-entity cache and
 //!   decision slicing.
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod engine;
 pub mod import;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod state;

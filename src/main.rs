@@ -8,7 +8,7 @@ use clap::Parser;
 use policyd::cli::{CheckArgs, Cli, Command, ImportArgs, ServeArgs};
 use policyd::store::Store;
 use policyd::store::sqlite::SqliteStore;
-use policyd::{daemon, import, policy, server, shutdown};
+use policyd::{daemon, import, policy, reload, server, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,6 +53,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "policyd listening");
+        reload::spawn(&state, config.watch);
         server::run(listener, state, shutdown::signal()).await;
         Ok(())
     })

@@ -48,6 +48,8 @@ pub struct PolicySnapshot {
     pub schema: Option<Schema>,
     /// Hex sha256 over the file names and contents that produced this snapshot.
     pub revision: String,
+    /// Hex sha256 of the schema file's content: tells a reload whether the schema changed.
+    pub schema_revision: Option<String>,
     /// Policies in file order, then position within the file.
     pub infos: Vec<PolicyInfo>,
     /// How many entity dereferences the policies may chain (Cedar level validation).
@@ -213,6 +215,10 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         policies,
         schema,
         revision: revision(&sources),
+        schema_revision: sources
+            .schema
+            .as_ref()
+            .map(|(_, text)| hex_sha256(text.as_bytes())),
         infos,
         deref_depth,
         warnings,
@@ -419,11 +425,15 @@ fn revision(sources: &Sources) -> String {
         hasher.update((text.len() as u64).to_le_bytes());
         hasher.update(text.as_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn file_error(file: &str, message: String) -> SourceError {

@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Limits;
 use crate::policy::PolicySnapshot;
+use crate::reload::Reloader;
 use crate::store::Store;
 
 /// Shared daemon state. Cheap to clone the `Arc` around it; never locked as a whole.
@@ -17,15 +18,28 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Request limits.
     pub limits: Limits,
+    /// Reloads the policies and reports the last attempt.
+    pub reloader: Reloader,
+    /// Entity writes hold it shared from validation to commit; a reload that changes the
+    /// schema holds it exclusively while it checks the stored entities and swaps, so no write
+    /// validated against the old schema lands after the check.
+    pub write_gate: tokio::sync::RwLock<()>,
 }
 
 impl AppState {
     /// Builds the state from a loaded snapshot and an open store.
-    pub fn new(snapshot: PolicySnapshot, store: Store, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        snapshot: PolicySnapshot,
+        store: Store,
+        limits: Limits,
+        reloader: Reloader,
+    ) -> Arc<Self> {
         Arc::new(AppState {
             policies: ArcSwap::from_pointee(snapshot),
             store: Arc::new(store),
             limits,
+            reloader,
+            write_gate: tokio::sync::RwLock::new(()),
         })
     }
 

@@ -499,6 +499,7 @@ fn invalid_policies_refuse_to_start() {
             entities_dir: common::repo_entities(),
             listen: "127.0.0.1:0".parse().unwrap(),
             entity_cache: 10,
+            watch: false,
             limits: Default::default(),
         };
         let Err(err) = policyd::daemon::open(&config) else {

@@ -23,12 +23,22 @@ fn policyd() -> Command {
 
 /// Starts `serve` on a random port and returns the child and the address it logged.
 fn spawn_serve(db: &Path, extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    spawn_serve_with(db, &repo_policies(), &[], extra_env)
+}
+
+fn spawn_serve_with(
+    db: &Path,
+    policies: &Path,
+    args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> (Child, SocketAddr) {
     let mut cmd = policyd();
     cmd.arg("serve")
+        .args(args)
         .arg("--db")
         .arg(db)
         .arg("--policies")
-        .arg(repo_policies())
+        .arg(policies)
         .arg("--entities")
         .arg(repo_entities())
         .stderr(Stdio::piped())
@@ -236,6 +246,46 @@ fn import_writes_valid_files_and_nothing_from_invalid_ones() {
     let (mut child, addr) = spawn_serve(&db, &[]);
     assert!(get(addr, "/v1/entities/User/bob").starts_with("HTTP/1.1 200"));
     assert!(get(addr, "/v1/entities/User/new").starts_with("HTTP/1.1 404"));
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
+}
+
+#[test]
+fn sighup_reloads_the_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = tmp.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(repo_policies()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+    }
+    let (mut child, addr) = spawn_serve_with(
+        &tmp.path().join("db"),
+        &policies,
+        &["--watch", "false"],
+        &[],
+    );
+    let ask = || {
+        post(
+            addr,
+            "/v1/is_authorized",
+            r#"{"principal": "User::\"carol\"", "action": "Action::\"view\"", "resource": "Project::\"speech\""}"#,
+        )
+    };
+    assert!(ask().contains(r#""decision":"Allow""#));
+    std::fs::remove_file(policies.join("shared.cedar")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        ask().contains(r#""decision":"Allow""#),
+        "not watching: unchanged until SIGHUP"
+    );
+    signal(&child, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ask().contains(r#""decision":"Deny""#) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(get(addr, "/v1/policies").contains(r#""trigger":"sighup""#));
     signal(&child, "TERM");
     assert!(wait(&mut child).success());
 }

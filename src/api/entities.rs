@@ -15,6 +15,9 @@ use crate::store::{Store, StoreError};
 /// Validates every entity against the schema, then writes them all in one transaction.
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let value = json::parse(body)?;
+    // Held until the commit: a reload that changes the schema waits for this write to land
+    // (and then checks it) or runs first (and this write is validated against its schema).
+    let _gate = state.write_gate.read().await;
     let snapshot = state.snapshot();
     let records = codec::parse_batch(value, snapshot.schema.as_ref())?;
     let n = records.len();

@@ -50,6 +50,14 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A reload refused the policy sources; the previous snapshot is still served.
+    #[error("policy reload refused ({} error(s)); still serving revision {revision}", errors.len())]
+    InvalidPolicies {
+        /// Each problem, as JSON.
+        errors: Vec<serde_json::Value>,
+        /// The revision still served.
+        revision: String,
+    },
     /// No such route or entity.
     #[error("{0}")]
     NotFound(String),
@@ -105,6 +113,9 @@ impl ApiError {
             ApiError::HierarchyCycle(_) => (StatusCode::BAD_REQUEST, "hierarchy_cycle"),
             ApiError::BatchTooLarge { .. } => (StatusCode::BAD_REQUEST, "batch_too_large"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::InvalidPolicies { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_policies")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -120,6 +131,11 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; see the policyd log".to_owned(),
             other => other.to_string(),
         };
-        json!({ "error": { "code": code, "message": message } })
+        let mut body = json!({ "error": { "code": code, "message": message } });
+        if let ApiError::InvalidPolicies { errors, revision } = self {
+            body["error"]["errors"] = json!(errors);
+            body["error"]["revision"] = json!(revision);
+        }
+        body
     }
 }

@@ -6,8 +6,9 @@
 mod decisions;
 mod entities;
 pub mod error;
+mod health;
 mod json;
-mod status;
+mod policies;
 
 use std::sync::Arc;
 
@@ -43,9 +44,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
     let method = req.method().clone();
     let limit = state.limits.max_body_bytes;
     match (segs.as_slice(), &method) {
-        (["healthz"], &Method::GET) => Ok(status::healthz()),
-        (["readyz"], &Method::GET) => status::readyz(state).await,
-        (["v1", "policies"], &Method::GET) => Ok(status::policies(state)),
+        (["healthz"], &Method::GET) => Ok(health::healthz()),
+        (["readyz"], &Method::GET) => health::readyz(state).await,
+        (["v1", "policies"], &Method::GET) => Ok(policies::status(state)),
+        (["v1", "policies", "reload"], &Method::POST) => policies::reload(state).await,
         (["v1", "is_authorized"], &Method::POST) => {
             decisions::single(state, &json::read_body(req, limit).await?).await
         }
@@ -61,6 +63,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             ["healthz"]
             | ["readyz"]
             | ["v1", "policies"]
+            | ["v1", "policies", "reload"]
             | ["v1", "is_authorized"]
             | ["v1", "is_authorized", "batch"]
             | ["v1", "entities"]

@@ -55,6 +55,8 @@ pub trait EntityStore: Send + Sync {
     fn count(&self) -> Result<u64, StoreError>;
     /// Checks that the backend answers, cheaply.
     fn ping(&self) -> Result<(), StoreError>;
+    /// Calls `visit` with every stored record until it returns `false`.
+    fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError>;
 }
 
 /// A backend behind a cache of parsed entities, with decision slicing on top.
@@ -91,6 +93,11 @@ impl Store {
     /// Number of stored entities.
     pub fn count(&self) -> Result<u64, StoreError> {
         self.backend.count()
+    }
+
+    /// Calls `visit` with every stored record until it returns `false`.
+    pub fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        self.backend.scan(visit)
     }
 
     /// Checks that the backend answers.

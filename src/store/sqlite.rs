@@ -249,4 +249,22 @@ impl EntityStore for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }
+
+    fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT etype, eid, body FROM entities")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let record = record_from_row(
+                    &row.get::<_, String>(0)?,
+                    &row.get::<_, String>(1)?,
+                    row.get(2)?,
+                )?;
+                if !visit(record) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
 }

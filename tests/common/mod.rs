@@ -42,6 +42,7 @@ pub struct Setup {
     pub entities: Option<PathBuf>,
     pub limits: Limits,
     pub entity_cache: usize,
+    pub watch: bool,
 }
 
 impl Default for Setup {
@@ -51,6 +52,7 @@ impl Default for Setup {
             entities: None,
             limits: Limits::default(),
             entity_cache: 10_000,
+            watch: true,
         }
     }
 }
@@ -88,11 +90,13 @@ impl Daemon {
                 .unwrap_or_else(|| dir.path().join("no-entities")),
             listen: "127.0.0.1:0".parse().unwrap(),
             entity_cache: setup.entity_cache,
+            watch: setup.watch,
             limits: setup.limits,
         };
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        policyd::reload::spawn(&state, config.watch);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(policyd::run(listener, state.clone(), async {
             let _ = stopped.await;

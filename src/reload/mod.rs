@@ -1,0 +1,297 @@
+//! Hot reload of policies and schema: parse, validate, check the stored entities against a
+//! changed schema, then swap one snapshot. Never half-applied; a failure keeps the last good
+//! snapshot and is recorded for `GET /v1/policies`.
+//!
+//! Triggers (the directory watcher in [`watch`], SIGHUP, `POST /v1/policies/reload`) go through
+//! one queue to one worker, so concurrent triggers coalesce into a single reload.
+
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use cedar_policy::Entity;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::policy::{self, PolicySnapshot, SourceError};
+use crate::state::AppState;
+use crate::store::codec::error_chain;
+
+/// Most non-conforming stored entities listed in a refused reload.
+const MAX_ENTITY_ERRORS: usize = 20;
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The policy directory changed.
+    Watch,
+    /// The process got SIGHUP.
+    Sighup,
+    /// `POST /v1/policies/reload`.
+    Api,
+}
+
+impl Trigger {
+    /// Name used in logs and in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Watch => "watch",
+            Trigger::Sighup => "sighup",
+            Trigger::Api => "api",
+        }
+    }
+}
+
+/// The outcome of one reload attempt, as recorded and reported.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    /// When the attempt finished.
+    pub at: SystemTime,
+    /// Whether the new sources were accepted.
+    pub ok: bool,
+    /// The revision served after the attempt (the old one when it failed).
+    pub revision: String,
+    /// Whether the served snapshot changed.
+    pub changed: bool,
+    /// Why the sources were refused.
+    pub errors: Vec<SourceError>,
+    /// What triggered it (the first trigger when several coalesced).
+    pub trigger: Trigger,
+}
+
+struct Request {
+    trigger: Trigger,
+    reply: Option<oneshot::Sender<ReloadStatus>>,
+}
+
+/// Handle to the reload worker: request reloads and read the last outcome.
+pub struct Reloader {
+    dir: PathBuf,
+    tx: mpsc::Sender<Request>,
+    rx: Mutex<Option<mpsc::Receiver<Request>>>,
+    last: ArcSwapOption<ReloadStatus>,
+}
+
+impl Reloader {
+    /// A reloader for the policy directory `dir`; its worker starts with [`spawn`].
+    pub fn new(dir: &Path) -> Self {
+        // One queued request is enough: a reload that has not started yet will read whatever
+        // the later triggers would have read.
+        let (tx, rx) = mpsc::channel(64);
+        Reloader {
+            dir: dir.to_path_buf(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            last: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The watched policy directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Asks for a reload without waiting for it.
+    pub fn request(&self, trigger: Trigger) {
+        // A full queue already holds reloads that have not started: this one coalesces.
+        let _ = self.tx.try_send(Request {
+            trigger,
+            reply: None,
+        });
+    }
+
+    /// Reloads and waits for the outcome (coalesced with any reload queued meanwhile).
+    pub async fn reload(&self, trigger: Trigger) -> Option<ReloadStatus> {
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send(Request {
+                trigger,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        outcome.await.ok()
+    }
+
+    /// The last reload attempt, if any.
+    pub fn last(&self) -> Option<Arc<ReloadStatus>> {
+        self.last.load_full()
+    }
+}
+
+/// Starts the reload worker, the SIGHUP listener and (when `watch_dir`) the directory watcher.
+/// Call once, inside the runtime.
+pub fn spawn(state: &Arc<AppState>, watch_dir: bool) {
+    let rx = state
+        .reloader
+        .rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(rx) = rx else {
+        tracing::warn!("reload worker already started");
+        return;
+    };
+    tokio::spawn(worker(state.clone(), rx));
+    if watch_dir {
+        tokio::spawn(watch::watch(state.clone()));
+    } else {
+        tracing::info!("policy directory watching is off; reload with SIGHUP or the API");
+    }
+    #[cfg(unix)]
+    tokio::spawn(sighup(state.clone()));
+}
+
+async fn worker(state: Arc<AppState>, mut rx: mpsc::Receiver<Request>) {
+    while let Some(first) = rx.recv().await {
+        let trigger = first.trigger;
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let st = state.clone();
+        let status = tokio::task::spawn_blocking(move || reload_now(&st, trigger))
+            .await
+            .unwrap_or_else(|e| {
+                failed(
+                    &state,
+                    trigger,
+                    vec![message(format!("reload task failed: {e}"))],
+                )
+            });
+        state.reloader.last.store(Some(Arc::new(status.clone())));
+        for request in waiting {
+            if let Some(reply) = request.reply {
+                let _ = reply.send(status.clone());
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn sighup(state: Arc<AppState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload by SIGHUP is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading policies");
+        state.reloader.request(Trigger::Sighup);
+    }
+}
+
+/// One reload, start to finish. Blocking.
+fn reload_now(state: &AppState, trigger: Trigger) -> ReloadStatus {
+    let dir = state.reloader.dir();
+    let next = match policy::load_dir(dir) {
+        Ok(next) => next,
+        Err(e) => return failed(state, trigger, e.errors()),
+    };
+    let current = state.snapshot();
+    if next.revision == current.revision {
+        tracing::debug!(trigger = trigger.as_str(), revision = %next.revision, "policies unchanged");
+        return status(true, current.revision.clone(), false, vec![], trigger);
+    }
+    let schema_changed = next.schema_revision != current.schema_revision;
+    if schema_changed && next.schema.is_some() {
+        // Holding the gate stops writes validated against the old schema from landing between
+        // the check and the swap.
+        let _writes = state.write_gate.blocking_write();
+        let errors = nonconforming_entities(state, &next);
+        if !errors.is_empty() {
+            return failed(state, trigger, errors);
+        }
+        swap(state, next, trigger)
+    } else {
+        swap(state, next, trigger)
+    }
+}
+
+fn swap(state: &AppState, next: PolicySnapshot, trigger: Trigger) -> ReloadStatus {
+    let revision = next.revision.clone();
+    for warning in &next.warnings {
+        tracing::warn!(%warning, "policy validation warning");
+    }
+    tracing::info!(
+        trigger = trigger.as_str(),
+        %revision,
+        policies = next.infos.len(),
+        deref_depth = next.deref_depth,
+        "policies reloaded"
+    );
+    state.policies.store(Arc::new(next));
+    status(true, revision, true, vec![], trigger)
+}
+
+fn failed(state: &AppState, trigger: Trigger, errors: Vec<SourceError>) -> ReloadStatus {
+    let served = state.snapshot().revision.clone();
+    for e in &errors {
+        tracing::error!(
+            trigger = trigger.as_str(),
+            file = %e.file,
+            line = e.line,
+            column = e.column,
+            error = %e.message,
+            "policy reload refused; still serving the previous policies"
+        );
+    }
+    status(false, served, false, errors, trigger)
+}
+
+fn status(
+    ok: bool,
+    revision: String,
+    changed: bool,
+    errors: Vec<SourceError>,
+    trigger: Trigger,
+) -> ReloadStatus {
+    ReloadStatus {
+        at: SystemTime::now(),
+        ok,
+        revision,
+        changed,
+        errors,
+        trigger,
+    }
+}
+
+fn message(text: String) -> SourceError {
+    SourceError {
+        file: String::new(),
+        line: None,
+        column: None,
+        message: text,
+    }
+}
+
+/// Stored entities that the new schema would refuse (at most [`MAX_ENTITY_ERRORS`]).
+fn nonconforming_entities(state: &AppState, next: &PolicySnapshot) -> Vec<SourceError> {
+    let Some(schema) = next.schema.as_ref() else {
+        return vec![];
+    };
+    let mut errors = Vec::new();
+    let scanned = state.store.scan(&mut |record| {
+        let conforms = serde_json::from_str(&record.body)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                Entity::from_json_value(json, Some(schema)).map_err(|e| error_chain(&e))
+            });
+        if let Err(why) = conforms {
+            errors.push(message(format!(
+                "stored entity {} does not conform to the new schema: {why}",
+                record.uid
+            )));
+        }
+        errors.len() < MAX_ENTITY_ERRORS
+    });
+    if let Err(e) = scanned {
+        errors.push(message(format!("cannot check stored entities: {e}")));
+    }
+    errors
+}
