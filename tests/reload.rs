@@ -443,3 +443,13 @@ async fn no_request_fails_or_mixes_snapshots_while_reloading_under_load() {
         "both policy sets were served during the test: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_policies_does_not_trigger_more_reloads() {
+    let dir = policies_copy();
+    let d = daemon_on(dir.path(), true).await;
+    // The watcher reloads once when it arms; that reload reads every file.
+    let first = until_reload(&d, |r| r["ok"] == true).await["last_reload"].clone();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(last_reload(&d).await["at"], first["at"], "a reload's own reads set off another");
+}

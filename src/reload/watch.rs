@@ -88,8 +88,12 @@ pub async fn watch(state: Arc<AppState>) {
 
 fn arm(dir: &Path, tx: mpsc::UnboundedSender<notify::Result<Event>>) -> notify::Result<Armed> {
     let identity = identity(dir);
-    let mut watcher = notify::recommended_watcher(move |event| {
-        let _ = tx.send(event);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        // Reads (a reload opening the files) change nothing; passing them on would make every
+        // reload trigger the next.
+        if !matches!(&event, Ok(e) if matches!(e.kind, EventKind::Access(_))) {
+            let _ = tx.send(event);
+        }
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(Armed {
