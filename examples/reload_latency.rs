@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let state = policyd::daemon::open(&config)?;
     let mut samples = runtime.block_on(async {
-        policyd::reload::spawn(&state, true);
+        policyd::daemon::spawn_background(&state, &config);
         // Let the watcher arm (it reloads once, a no-op, when it does).
         while state.reloader.last().is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -25,6 +25,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Validate entity files and upsert them into the store, all or nothing.
     Import(ImportArgs),
+    /// Print the storage of an organization (per project) or a project (per item type).
+    Storage(StorageArgs),
 }
 
 /// `policyd serve`.
@@ -94,4 +96,14 @@ pub struct ImportArgs {
     /// Cedar entity JSON files (arrays of entities).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+/// `policyd storage`.
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// SQLite database file.
+    #[arg(long, env = "POLICYD_DB", default_value = "data/policyd.db")]
+    pub db: PathBuf,
+    /// The organization or project, as a Cedar uid: 'Organization::"acme"'.
+    pub entity: String,
 }

@@ -25,6 +25,43 @@ pub enum StartError {
     Seed(#[from] ImportError),
 }
 
+/// Starts the background work of a serving daemon: policy reloads (worker, watcher, SIGHUP)
+/// and the sweep of expired storage reservations. Call once, inside the runtime.
+pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
+    crate::reload::spawn(state, config.watch);
+    tokio::spawn(sweep_reservations(state.clone()));
+}
+
+/// Deletes expired reservations in small batches. They stop counting against quotas the
+/// moment they expire; this only reclaims their rows.
+async fn sweep_reservations(state: Arc<AppState>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    const BATCH: i64 = 500;
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tick.tick().await;
+        let store = state.store.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let now = crate::storage::now_micros();
+            let mut total = 0;
+            loop {
+                let n = store.ledger().sweep_reservations(now, BATCH)?;
+                total += n;
+                if n < BATCH as usize {
+                    return Ok::<_, StoreError>(total);
+                }
+            }
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(expired = n, "swept expired storage reservations"),
+            Ok(Err(e)) => tracing::error!(error = %e, "sweeping expired reservations failed"),
+            Err(e) => tracing::error!(error = %e, "reservation sweep task failed"),
+        }
+    }
+}
+
 /// Loads policies, opens the store and seeds it if empty.
 pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
     let snapshot = policy::load_dir(&config.policies_dir)?;

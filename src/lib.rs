@@ -11,7 +11,10 @@
 //! - [`api`]: HTTP routes, JSON types, and the one mapping from errors to statuses.
 //! - [`server`]: the accept loop and graceful drain; [`shutdown`]: the stop signal.
 //! - [`state`]: what handlers share; [`config`]: what `serve` is given; [`daemon`]: start-up.
+//! - [`storage`]: storage accounting and quota types (the store keeps the counters).
 //! - [`import`]: entity files into the store (the `import` command and demo seeding).
+//! - [`report`]: plain-text tables for the admin commands.
+//! - [`synth`]: a deterministic synthetic platform for benchmarks and the load generator.
 //! - [`cli`]: command-line arguments.
 
 pub mod api;
@@ -23,9 +26,12 @@ pub mod engine;
 pub mod import;
 pub mod policy;
 pub mod reload;
+pub mod report;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod storage;
 pub mod store;
+pub mod synth;
 
 pub use server::run;

@@ -4,11 +4,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cedar_policy::EntityUid;
 use clap::Parser;
-use policyd::cli::{CheckArgs, Cli, Command, ImportArgs, ServeArgs};
-use policyd::store::Store;
+use policyd::cli::{CheckArgs, Cli, Command, ImportArgs, ServeArgs, StorageArgs};
 use policyd::store::sqlite::SqliteStore;
-use policyd::{daemon, import, policy, reload, server, shutdown};
+use policyd::store::{StorageLedger, Store};
+use policyd::{daemon, import, policy, report, server, shutdown, storage};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => return check(args),
         Command::Import(args) => import(args),
+        Command::Storage(args) => storage(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,7 +55,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "policyd listening");
-        reload::spawn(&state, config.watch);
+        daemon::spawn_background(&state, &config);
         server::run(listener, state, shutdown::signal()).await;
         Ok(())
     })
@@ -90,6 +92,35 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     let store = Store::new(Box::new(SqliteStore::open(&args.db)?), 1);
     let n = import::import_files(&store, snapshot.schema.as_ref(), &args.files)?;
     println!("imported {n} entities into {}", args.db.display());
+    Ok(())
+}
+
+fn storage(args: StorageArgs) -> anyhow::Result<()> {
+    let uid: EntityUid = args.entity.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "`{}` is not a Cedar uid like Organization::\"acme\": {e}",
+            args.entity
+        )
+    })?;
+    anyhow::ensure!(args.db.exists(), "no store at {}", args.db.display());
+    let store = SqliteStore::open(&args.db)?;
+    let now = storage::now_micros();
+    let usage = store
+        .usage(&uid, now)?
+        .ok_or_else(|| anyhow::anyhow!("{uid} is not stored in {}", args.db.display()))?;
+    let ty = uid.type_name().to_string();
+    let text = if ty == storage::ORGANIZATION_TYPE {
+        let mut projects = Vec::new();
+        for p in store.children(&uid, storage::PROJECT_TYPE)? {
+            if let Some(u) = store.usage(&p, now)? {
+                projects.push((p, u));
+            }
+        }
+        report::organization_storage(&uid, &usage, &mut projects)
+    } else {
+        report::project_storage(&uid, &usage)
+    };
+    print!("{text}");
     Ok(())
 }
 

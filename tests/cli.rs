@@ -289,3 +289,51 @@ fn sighup_reloads_the_policies() {
     signal(&child, "TERM");
     assert!(wait(&mut child).success());
 }
+
+#[test]
+fn storage_prints_totals_for_admins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let out = policyd()
+        .arg("import")
+        .arg("--db")
+        .arg(&db)
+        .arg("--policies")
+        .arg(repo_policies())
+        .arg(repo_entities().join("demo.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = policyd()
+        .args(["storage", "--db"])
+        .arg(&db)
+        .arg("Organization::\"acme\"")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("Organization::\"acme\": 15.5 GiB of 18.6 GiB (83.4%) used"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("PROJECT") && lines[2].contains("% QUOTA"),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("Project::\"speech\"") && lines[3].contains("93.4%"),
+        "{text}"
+    );
+    let out = policyd()
+        .args(["storage", "--db"])
+        .arg(&db)
+        .arg("Organization::\"nope\"")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -451,5 +451,9 @@ async fn reading_the_policies_does_not_trigger_more_reloads() {
     // The watcher reloads once when it arms; that reload reads every file.
     let first = until_reload(&d, |r| r["ok"] == true).await["last_reload"].clone();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(last_reload(&d).await["at"], first["at"], "a reload's own reads set off another");
+    assert_eq!(
+        last_reload(&d).await["at"],
+        first["at"],
+        "a reload's own reads set off another"
+    );
 }

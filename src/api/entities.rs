@@ -1,16 +1,14 @@
 //! `PUT /v1/entities`, `GET` and `DELETE /v1/entities/{type}/{id}`.
 
-use std::sync::Arc;
-
 use cedar_policy::EntityUid;
 use hyper::StatusCode;
 use serde_json::json;
 
 use super::error::ApiError;
 use super::json::{self, Body};
+use super::on_store;
 use crate::state::AppState;
 use crate::store::codec::{self, uid_from_strs};
-use crate::store::{Store, StoreError};
 
 /// Validates every entity against the schema, then writes them all in one transaction.
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
@@ -21,7 +19,7 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     let snapshot = state.snapshot();
     let records = codec::parse_batch(value, snapshot.schema.as_ref())?;
     let n = records.len();
-    blocking(state.store.clone(), move |store| store.upsert(&records)).await?;
+    on_store(&state.store, move |store| store.upsert(&records)).await?;
     tracing::info!(upserted = n, "entities written");
     Ok(json::respond(StatusCode::OK, &json!({ "upserted": n })))
 }
@@ -30,7 +28,7 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
 pub async fn get(state: &AppState, ty: &str, id: &str) -> Result<hyper::Response<Body>, ApiError> {
     let uid = path_uid(ty, id)?;
     let shown = uid.to_string();
-    let record = blocking(state.store.clone(), move |store| store.get(&uid)).await?;
+    let record = on_store(&state.store, move |store| store.get(&uid)).await?;
     let record =
         record.ok_or_else(|| ApiError::NotFound(format!("entity {shown} is not stored")))?;
     let body = json::parse(record.body.as_bytes())
@@ -46,7 +44,7 @@ pub async fn delete(
 ) -> Result<hyper::Response<Body>, ApiError> {
     let uid = path_uid(ty, id)?;
     let shown = uid.to_string();
-    let removed = blocking(state.store.clone(), move |store| store.delete(&uid)).await?;
+    let removed = on_store(&state.store, move |store| store.delete(&uid)).await?;
     if !removed {
         return Err(ApiError::NotFound(format!("entity {shown} is not stored")));
     }
@@ -59,15 +57,4 @@ fn path_uid(ty: &str, id: &str) -> Result<EntityUid, ApiError> {
         field: "path".to_owned(),
         message,
     })
-}
-
-/// Runs a store call on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    store: Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-        .map_err(ApiError::from)
 }

@@ -58,6 +58,20 @@ pub enum ApiError {
         /// The revision still served.
         revision: String,
     },
+    /// The policies do not allow the caller this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A reservation would exceed a quota.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Which quota, and by how much.
+        message: String,
+        /// The quota check, as JSON.
+        check: serde_json::Value,
+    },
+    /// An idempotency key was reused with different parameters.
+    #[error("{0}")]
+    IdempotencyConflict(String),
     /// No such route or entity.
     #[error("{0}")]
     NotFound(String),
@@ -116,6 +130,9 @@ impl ApiError {
             ApiError::InvalidPolicies { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_policies")
             }
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::QuotaExceeded { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
+            ApiError::IdempotencyConflict(_) => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -132,9 +149,13 @@ impl ApiError {
             other => other.to_string(),
         };
         let mut body = json!({ "error": { "code": code, "message": message } });
-        if let ApiError::InvalidPolicies { errors, revision } = self {
-            body["error"]["errors"] = json!(errors);
-            body["error"]["revision"] = json!(revision);
+        match self {
+            ApiError::InvalidPolicies { errors, revision } => {
+                body["error"]["errors"] = json!(errors);
+                body["error"]["revision"] = json!(revision);
+            }
+            ApiError::QuotaExceeded { check, .. } => body["error"]["check"] = check.clone(),
+            _ => {}
         }
         body
     }

@@ -97,6 +97,36 @@ pub fn uid(value: Option<&Value>, field: &str) -> Result<EntityUid, ApiError> {
     }
 }
 
+/// A whole number from 0 to `i64::MAX` (sizes, byte counts, durations).
+pub fn non_negative(value: Option<&Value>, field: &str) -> Result<i64, ApiError> {
+    let invalid = |message: &str| ApiError::InvalidField {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    };
+    match value {
+        None | Some(Value::Null) => Err(invalid("is required")),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) if v >= 0 => Ok(v),
+            Some(_) => Err(invalid("must not be negative")),
+            None if n.is_u64() => Err(invalid("is too large")),
+            None => Err(invalid("must be a whole number")),
+        },
+        Some(_) => Err(invalid("must be a number")),
+    }
+}
+
+/// A percent-decoded query parameter value (`+` is a space, as in forms).
+pub fn query_value(raw: &str, field: &str) -> Result<String, ApiError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|v| v.into_owned())
+        .map_err(|_| ApiError::InvalidField {
+            field: field.to_owned(),
+            message: "is not percent-encoded UTF-8".to_owned(),
+        })
+}
+
 /// The cedar-agent compatible rendering of a decision.
 pub fn decision(d: &Decision) -> Value {
     serde_json::json!({

@@ -9,6 +9,7 @@ pub mod error;
 mod health;
 mod json;
 mod policies;
+mod storage;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use hyper::{Method, Request, Response};
 use percent_encoding::percent_decode_str;
 
 use crate::state::AppState;
+use crate::store::Store;
 pub use error::ApiError;
 pub use json::Body;
 
@@ -59,6 +61,18 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
         (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
+        (["v1", "storage", "check"], &Method::POST) => {
+            storage::check(state, &json::read_body(req, limit).await?).await
+        }
+        (["v1", "storage", "reservations"], &Method::POST) => {
+            storage::reserve(state, &json::read_body(req, limit).await?).await
+        }
+        (["v1", "storage", "reservations", id], &Method::DELETE) => {
+            storage::release(state, id).await
+        }
+        (["v1", "storage", ty, id], &Method::GET) => {
+            storage::totals(state, ty, id, req.uri().query()).await
+        }
         (
             ["healthz"]
             | ["readyz"]
@@ -67,7 +81,11 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             | ["v1", "is_authorized"]
             | ["v1", "is_authorized", "batch"]
             | ["v1", "entities"]
-            | ["v1", "entities", _, _],
+            | ["v1", "entities", _, _]
+            | ["v1", "storage", "check"]
+            | ["v1", "storage", "reservations"]
+            | ["v1", "storage", "reservations", _]
+            | ["v1", "storage", _, _],
             _,
         ) => Err(ApiError::MethodNotAllowed(method.to_string())),
         _ => Err(ApiError::NotFound(format!(
@@ -75,6 +93,22 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             req.uri().path()
         ))),
     }
+}
+
+/// Runs blocking store work off the async runtime.
+async fn on_store<T, E>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        .map_err(Into::into)
 }
 
 /// Splits a path into percent-decoded segments; an empty last segment is kept (empty ids).

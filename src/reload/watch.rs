@@ -121,6 +121,6 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 fn is_lost(event: &notify::Result<Event>, dir: &Path) -> bool {
     match event {
         Err(_) => true,
-        Ok(e) => !matches!(e.kind, EventKind::Access(_)) && e.paths.iter().any(|p| p == dir),
+        Ok(e) => e.paths.iter().any(|p| p == dir),
     }
 }

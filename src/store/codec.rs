@@ -10,6 +10,8 @@ use std::str::FromStr;
 use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, Schema};
 use serde_json::Value;
 
+use crate::storage::{QUOTA_ATTR, SIZE_ATTR};
+
 /// One entity as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -19,6 +21,10 @@ pub struct Record {
     pub parents: Vec<EntityUid>,
     /// Canonical Cedar entity JSON.
     pub body: String,
+    /// `size_bytes`, when the entity has it as a Long: it is then an item storage counts.
+    pub size: Option<i64>,
+    /// `quota_bytes`, when the entity has it as a Long.
+    pub quota: Option<i64>,
 }
 
 /// An entity parsed once from its record, ready for decisions.
@@ -104,10 +110,16 @@ impl Record {
         })?;
         Ok(Record {
             parents: parents_of(&json),
+            size: long_attr(&json, SIZE_ATTR),
+            quota: long_attr(&json, QUOTA_ATTR),
             uid,
             body,
         })
     }
+}
+
+fn long_attr(json: &Value, name: &str) -> Option<i64> {
+    json.get("attrs")?.get(name)?.as_i64()
 }
 
 fn parents_of(json: &Value) -> Vec<EntityUid> {
@@ -124,9 +136,17 @@ fn parents_of(json: &Value) -> Vec<EntityUid> {
 /// Renders a parsed entity as the record the store keeps.
 pub fn encode(entity: &Entity) -> Result<Record, String> {
     let json = entity.to_json_value().map_err(|e| error_chain(&e))?;
+    let (size, quota) = (long_attr(&json, SIZE_ATTR), long_attr(&json, QUOTA_ATTR));
+    for (name, value) in [(SIZE_ATTR, size), (QUOTA_ATTR, quota)] {
+        if value.is_some_and(|v| v < 0) {
+            return Err(format!("`{name}` must not be negative"));
+        }
+    }
     Ok(Record {
         uid: entity.uid(),
         parents: parents_of(&json),
+        size,
+        quota,
         body: json.to_string(),
     })
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use cedar_policy::{Entity, EntityUid};
 
+use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use cache::EntityCache;
 pub use codec::Record;
 
@@ -59,15 +60,61 @@ pub trait EntityStore: Send + Sync {
     fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError>;
 }
 
+/// Storage accounting, quotas and reservations, kept by the backend in the same transactions as
+/// the entity writes that change them. Every method blocks.
+pub trait StorageLedger: Send + Sync {
+    /// Usage of a stored project or organization; `None` when the entity is not stored.
+    fn usage(&self, uid: &EntityUid, now: i64) -> Result<Option<Usage>, StoreError>;
+    /// Stored children of `parent` whose type is `ty`.
+    fn children(&self, parent: &EntityUid, ty: &str) -> Result<Vec<EntityUid>, StoreError>;
+    /// Whether `add` bytes fit a project and its organization; `None` for an unknown project.
+    fn check_quota(
+        &self,
+        project: &EntityUid,
+        add: i64,
+        now: i64,
+    ) -> Result<Option<QuotaCheck>, StoreError>;
+    /// Checks and reserves atomically: concurrent reservations never together exceed a quota.
+    fn reserve(
+        &self,
+        project: &EntityUid,
+        bytes: i64,
+        ttl_micros: i64,
+        idempotency_key: Option<&str>,
+        now: i64,
+    ) -> Result<ReserveOutcome, StoreError>;
+    /// Releases a reservation; `false` when there is none with that id.
+    fn release(&self, id: &str) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` expired reservations, returning how many.
+    fn sweep_reservations(&self, now: i64, limit: i64) -> Result<usize, StoreError>;
+}
+
+/// Everything a storage backend provides.
+pub trait Backend: EntityStore + StorageLedger {
+    /// The backend as its storage ledger.
+    fn as_ledger(&self) -> &dyn StorageLedger;
+}
+
+impl<T: EntityStore + StorageLedger> Backend for T {
+    fn as_ledger(&self) -> &dyn StorageLedger {
+        self
+    }
+}
+
 /// A backend behind a cache of parsed entities, with decision slicing on top.
 pub struct Store {
-    backend: Box<dyn EntityStore>,
+    backend: Box<dyn Backend>,
     cache: EntityCache,
 }
 
 impl Store {
+    /// The storage ledger: usage, quotas, reservations.
+    pub fn ledger(&self) -> &dyn StorageLedger {
+        self.backend.as_ledger()
+    }
+
     /// Wraps `backend`, caching at most `cache_capacity` parsed entities.
-    pub fn new(backend: Box<dyn EntityStore>, cache_capacity: usize) -> Self {
+    pub fn new(backend: Box<dyn Backend>, cache_capacity: usize) -> Self {
         Store {
             backend,
             cache: EntityCache::new(cache_capacity),

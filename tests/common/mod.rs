@@ -96,7 +96,7 @@ impl Daemon {
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        policyd::reload::spawn(&state, config.watch);
+        policyd::daemon::spawn_background(&state, &config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(policyd::run(listener, state.clone(), async {
             let _ = stopped.await;

@@ -11,11 +11,17 @@ use std::time::Duration;
 use cedar_policy::EntityUid;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+mod accounting;
+mod ledger;
+
 use super::codec::{DecodeError, Record, uid_from_strs};
-use super::{EntityStore, StoreError};
+use super::{EntityStore, StorageLedger, StoreError};
+use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
+use accounting::{Dirty, Key};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE entities (
     etype TEXT NOT NULL,
     eid   TEXT NOT NULL,
@@ -32,7 +38,52 @@ CREATE TABLE parents (
     PRIMARY KEY (ctype, cid, ptype, pid)
 ) WITHOUT ROWID;
 CREATE INDEX parents_by_parent ON parents (ptype, pid);
-"#];
+"#,
+    r#"
+-- Storage accounting (see accounting.rs). `size` and `quota` mirror the `size_bytes` and
+-- `quota_bytes` attributes so counters and quota checks never parse entity JSON.
+ALTER TABLE entities ADD COLUMN size INTEGER;
+ALTER TABLE entities ADD COLUMN quota INTEGER;
+
+-- What each item currently counts toward: one row per accounted ancestor.
+CREATE TABLE contributions (
+    itype TEXT NOT NULL,
+    iid   TEXT NOT NULL,
+    atype TEXT NOT NULL,
+    aid   TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (itype, iid, atype, aid)
+) WITHOUT ROWID;
+
+-- Items and bytes per accounted ancestor and item type.
+CREATE TABLE totals (
+    atype TEXT NOT NULL,
+    aid   TEXT NOT NULL,
+    itype TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (atype, aid, itype)
+) WITHOUT ROWID;
+
+-- Bytes held for uploads in flight, against a project and (when it has one) its organization.
+CREATE TABLE reservations (
+    id         TEXT PRIMARY KEY,
+    ptype      TEXT NOT NULL,
+    pid        TEXT NOT NULL,
+    otype      TEXT,
+    oid        TEXT,
+    bytes      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    idem_key   TEXT UNIQUE
+);
+CREATE INDEX reservations_by_project ON reservations (ptype, pid, expires_at);
+CREATE INDEX reservations_by_org ON reservations (otype, oid, expires_at);
+CREATE INDEX reservations_by_expiry ON reservations (expires_at);
+"#,
+];
+
+/// The migration that added storage accounting; stores older than it are back-filled.
+const ACCOUNTING_MIGRATION: usize = 2;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -124,15 +175,33 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
+        if i + 1 == ACCOUNTING_MIGRATION {
+            backfill_accounting(&tx)?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
     Ok(())
 }
 
+/// Fills the accounting columns and counters for entities written before they existed.
+fn backfill_accounting(conn: &Connection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> = conn
+        .prepare("SELECT etype, eid, body FROM entities")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut update =
+        conn.prepare("UPDATE entities SET size = ?3, quota = ?4 WHERE etype = ?1 AND eid = ?2")?;
+    for (ty, id, body) in rows {
+        let record = record_from_row(&ty, &id, body)?;
+        update.execute(params![ty, id, record.size, record.quota])?;
+    }
+    accounting::recount_all(conn)
+}
+
 /// The two key columns of a uid: type name and raw (unescaped) id.
-fn key(uid: &EntityUid) -> (String, &str) {
-    (uid.type_name().to_string(), uid.id().unescaped())
+fn key(uid: &EntityUid) -> Key {
+    (uid.type_name().to_string(), uid.id().unescaped().to_owned())
 }
 
 fn record_from_row(ty: &str, id: &str, body: String) -> Result<Record, StoreError> {
@@ -147,22 +216,28 @@ impl EntityStore for SqliteStore {
     fn upsert(&self, records: &[Record]) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut put = tx.prepare_cached(
-                "INSERT INTO entities (etype, eid, body) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (etype, eid) DO UPDATE SET body = excluded.body",
+                "INSERT INTO entities (etype, eid, body, size, quota) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (etype, eid) DO UPDATE
+                 SET body = excluded.body, size = excluded.size, quota = excluded.quota",
             )?;
             let mut clear =
                 tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?;
             let mut edge = tx.prepare_cached(
                 "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid) VALUES (?1, ?2, ?3, ?4)",
             )?;
+            let mut dirty = Dirty::default();
             for r in records {
-                let (ty, id) = key(&r.uid);
-                put.execute(params![ty, id, r.body])?;
-                clear.execute(params![ty, id])?;
-                for p in &r.parents {
-                    let (pty, pid) = key(p);
-                    edge.execute(params![ty, id, pty, pid])?;
+                let k = key(&r.uid);
+                let was = accounting::before(tx, &k)?;
+                put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
+                clear.execute(params![k.0, k.1])?;
+                let mut parents: Vec<Key> = r.parents.iter().map(key).collect();
+                for (pty, pid) in &parents {
+                    edge.execute(params![k.0, k.1, pty, pid])?;
                 }
+                parents.sort();
+                parents.dedup();
+                dirty.note(&k, &was, Some((r.size, &parents)));
             }
             // Checked after all edges are in, inside the write lock, so a cycle made of
             // several entities of one write, or of two concurrent writes, is caught too.
@@ -180,18 +255,22 @@ impl EntityStore for SqliteStore {
                     return Err(StoreError::Cycle(r.uid.to_string()));
                 }
             }
-            Ok(())
+            dirty.apply(tx)
         })
     }
 
     fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError> {
-        let (ty, id) = key(uid);
+        let k = key(uid);
         self.write(|tx| {
+            let was = accounting::before(tx, &k)?;
             let n = tx
                 .prepare_cached("DELETE FROM entities WHERE etype = ?1 AND eid = ?2")?
-                .execute(params![ty, id])?;
+                .execute(params![k.0, k.1])?;
             tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?
-                .execute(params![ty, id])?;
+                .execute(params![k.0, k.1])?;
+            let mut dirty = Dirty::default();
+            dirty.note(&k, &was, None);
+            dirty.apply(tx)?;
             Ok(n > 0)
         })
     }
@@ -203,7 +282,7 @@ impl EntityStore for SqliteStore {
                 .prepare_cached("SELECT body FROM entities WHERE etype = ?1 AND eid = ?2")?
                 .query_row(params![ty, id], |r| r.get(0))
                 .optional()?;
-            body.map(|b| record_from_row(&ty, id, b)).transpose()
+            body.map(|b| record_from_row(&ty, &id, b)).transpose()
         })
     }
 
@@ -266,5 +345,79 @@ impl EntityStore for SqliteStore {
             }
             Ok(())
         })
+    }
+}
+
+impl StorageLedger for SqliteStore {
+    fn usage(&self, uid: &EntityUid, now: i64) -> Result<Option<Usage>, StoreError> {
+        let k = key(uid);
+        self.read(|conn| ledger::usage(conn, &k, now))
+    }
+
+    fn children(&self, parent: &EntityUid, ty: &str) -> Result<Vec<EntityUid>, StoreError> {
+        let k = key(parent);
+        let keys = self.read(|conn| ledger::children(conn, &k, ty))?;
+        keys.iter()
+            .map(|(t, i)| {
+                uid_from_strs(t, i).map_err(|message| {
+                    StoreError::Corrupt(DecodeError {
+                        uid: format!("{t}::{i:?}"),
+                        message,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    fn check_quota(
+        &self,
+        project: &EntityUid,
+        add: i64,
+        now: i64,
+    ) -> Result<Option<QuotaCheck>, StoreError> {
+        let k = key(project);
+        self.read(|conn| ledger::check(conn, &k, add, now))
+    }
+
+    fn reserve(
+        &self,
+        project: &EntityUid,
+        bytes: i64,
+        ttl_micros: i64,
+        idempotency_key: Option<&str>,
+        now: i64,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let k = key(project);
+        self.write(|tx| ledger::reserve(tx, &k, bytes, ttl_micros, idempotency_key, now))
+    }
+
+    fn release(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| ledger::release(tx, id))
+    }
+
+    fn sweep_reservations(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
+        self.write(|tx| ledger::sweep(tx, now, limit))
+    }
+}
+
+/// One storage counter: `((ancestor type, ancestor id, item type), (items, bytes))`.
+pub type TotalRow = ((String, String, String), (i64, i64));
+
+impl SqliteStore {
+    /// Every maintained counter, sorted.
+    pub fn totals(&self) -> Result<Vec<TotalRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT atype, aid, itype, items, bytes FROM totals ORDER BY 1, 2, 3")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(((r.get(0)?, r.get(1)?, r.get(2)?), (r.get(3)?, r.get(4)?)))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Rebuilds every storage counter from the items themselves.
+    pub fn recount_all(&self) -> Result<(), StoreError> {
+        self.write(|tx| accounting::recount_all(tx))
     }
 }

@@ -1,0 +1,96 @@
+//! Store benchmarks: storage queries, entity upserts and the decision path, at growing store
+//! sizes. `POLICYD_BENCH_SIZES=1000,100000,1000000 cargo bench --bench store` (default 1000 and
+//! 100000; a million-entity store takes about a minute to build).
+
+use std::path::Path;
+use std::time::Instant;
+
+use cedar_policy::EntityUid;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use policyd::policy::{PolicySnapshot, load_dir};
+use policyd::storage::now_micros;
+use policyd::store::sqlite::SqliteStore;
+use policyd::store::{Store, codec};
+use policyd::synth::{self, Shape};
+use serde_json::Value;
+
+fn sizes() -> Vec<usize> {
+    std::env::var("POLICYD_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 100_000])
+}
+
+fn policies() -> PolicySnapshot {
+    load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
+}
+
+/// A store filled with a synthetic platform through the real write path, in batches.
+fn filled(dir: &Path, shape: Shape, snapshot: &PolicySnapshot) -> Store {
+    let store = Store::new(
+        Box::new(SqliteStore::open(&dir.join("bench.db")).unwrap()),
+        100_000,
+    );
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(5_000);
+    let flush = |batch: &mut Vec<Value>| {
+        let records = codec::parse_batch(
+            Value::Array(std::mem::take(batch)),
+            snapshot.schema.as_ref(),
+        )
+        .unwrap();
+        store.upsert(&records).unwrap();
+    };
+    for e in synth::entities(shape, 42) {
+        batch.push(e);
+        if batch.len() == 5_000 {
+            flush(&mut batch);
+        }
+    }
+    flush(&mut batch);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "filled {} entities in {secs:.1} s ({:.0} entities/s)",
+        shape.total(),
+        shape.total() as f64 / secs
+    );
+    store
+}
+
+fn benches(c: &mut Criterion) {
+    let snapshot = policies();
+    for size in sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Shape::about(size);
+        let store = filled(dir.path(), shape, &snapshot);
+        let org: EntityUid = format!("Organization::\"{}\"", synth::org_id(shape.orgs / 2))
+            .parse()
+            .unwrap();
+        let project: EntityUid = format!("Project::\"{}\"", synth::project_id(shape.orgs / 2, 1))
+            .parse()
+            .unwrap();
+
+        let mut group = c.benchmark_group("storage_query");
+        group.bench_function(BenchmarkId::new("organization", size), |b| {
+            b.iter(|| {
+                let now = now_micros();
+                let ledger = store.ledger();
+                let usage = ledger.usage(&org, now).unwrap().unwrap();
+                let projects: Vec<_> = ledger
+                    .children(&org, "Project")
+                    .unwrap()
+                    .into_iter()
+                    .map(|p| ledger.usage(&p, now).unwrap())
+                    .collect();
+                (usage, projects)
+            })
+        });
+        group.bench_function(BenchmarkId::new("project", size), |b| {
+            b.iter(|| store.ledger().usage(&project, now_micros()).unwrap())
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(name = store; config = Criterion::default().sample_size(30); targets = benches);
+criterion_main!(store);
