@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use policyd::config::{Limits, ServeConfig};
+use policyd::config::{ActivityConfig, Limits, ServeConfig};
 
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args().nth(1).map_or(Ok(20), |n| n.parse())?;
@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         entity_cache: 10_000,
         watch: true,
         limits: Limits::default(),
+        activity: ActivityConfig::beside(&tmp.path().join("policyd.db")),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let state = policyd::daemon::open(&config)?;

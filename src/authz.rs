@@ -8,6 +8,7 @@ use cedar_policy::{Context, Entities, Entity, EntityUid, Request};
 use serde_json::Value;
 
 use crate::policy::PolicySnapshot;
+use crate::storage::ORGANIZATION_TYPE;
 use crate::store::codec::{collect_refs, error_chain};
 
 /// A validated request, ready to be decided once its entities are gathered.
@@ -15,6 +16,10 @@ use crate::store::codec::{collect_refs, error_chain};
 pub struct Query {
     /// The Cedar request.
     pub request: Request,
+    /// The principal.
+    pub principal: EntityUid,
+    /// The resource.
+    pub resource: EntityUid,
     /// The action, whose entity comes from the schema when there is one.
     pub action: EntityUid,
     /// Where the entity slice starts: principal, resource, context references, and the action
@@ -77,10 +82,18 @@ pub fn prepare(
     if schema.is_none() {
         roots.push(action.clone());
     }
-    let request = Request::new(principal, action.clone(), resource, context, schema)
-        .map_err(|e| RequestError::Request(error_chain(&e)))?;
+    let request = Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        schema,
+    )
+    .map_err(|e| RequestError::Request(error_chain(&e)))?;
     Ok(Query {
         request,
+        principal,
+        resource,
         action,
         roots,
     })
@@ -124,4 +137,24 @@ pub fn decide(snapshot: &PolicySnapshot, query: &Query, entities: &Entities) -> 
         reasons,
         errors: diagnostics.errors().map(|e| error_chain(e)).collect(),
     }
+}
+
+/// Id of the organization `uid` is or belongs to (through its ancestors in `entities`); the
+/// smallest id when there are several.
+pub fn organization_of(entities: &Entities, uid: &EntityUid) -> Option<String> {
+    let is_org = |u: &EntityUid| u.type_name().to_string() == ORGANIZATION_TYPE;
+    if is_org(uid) {
+        return Some(uid.id().unescaped().to_owned());
+    }
+    entities
+        .ancestors(uid)?
+        .filter(|a| is_org(a))
+        .map(|a| a.id().unescaped().to_owned())
+        .min()
+}
+
+/// The organization a decision belongs to: the resource's, or else the principal's.
+pub fn query_organization(entities: &Entities, query: &Query) -> Option<String> {
+    organization_of(entities, &query.resource)
+        .or_else(|| organization_of(entities, &query.principal))
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Limits, ServeConfig};
+use crate::config::{ActivityConfig, Limits, ServeConfig};
 
 /// Cedar authorization sidecar.
 #[derive(Debug, Parser)]
@@ -25,6 +25,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Validate entity files and upsert them into the store, all or nothing.
     Import(ImportArgs),
+    /// Print an organization's activity trail, newest first.
+    Activity(ActivityArgs),
     /// Print the storage of an organization (per project) or a project (per item type).
     Storage(StorageArgs),
 }
@@ -50,6 +52,18 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "POLICYD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
+    /// Keep the activity log: `on` or `off`.
+    #[arg(long, env = "POLICYD_ACTIVITY", default_value = "on", value_parser = ["on", "off"])]
+    pub activity: String,
+    /// Activity log database (default: activity.db beside --db).
+    #[arg(long, env = "POLICYD_ACTIVITY_DB")]
+    pub activity_db: Option<PathBuf>,
+    /// Days of activity kept; older records are pruned in the background.
+    #[arg(long, env = "POLICYD_ACTIVITY_RETENTION_DAYS", default_value_t = 90)]
+    pub activity_retention_days: u32,
+    /// Activity records that may wait for the disk before new ones are dropped (and counted).
+    #[arg(long, env = "POLICYD_ACTIVITY_QUEUE", default_value_t = 65_536)]
+    pub activity_queue: usize,
     /// Reload when the policy directory changes (SIGHUP and the API always reload).
     #[arg(long, env = "POLICYD_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch: bool,
@@ -71,6 +85,15 @@ impl ServeArgs {
             limits: Limits {
                 max_body_bytes: self.max_body,
                 max_batch: self.max_batch,
+            },
+            activity: ActivityConfig {
+                enabled: self.activity == "on",
+                db_path: self
+                    .activity_db
+                    .clone()
+                    .unwrap_or_else(|| ActivityConfig::beside(&self.db).db_path),
+                retention_days: self.activity_retention_days,
+                queue: self.activity_queue,
             },
         }
     }
@@ -106,4 +129,27 @@ pub struct StorageArgs {
     pub db: PathBuf,
     /// The organization or project, as a Cedar uid: 'Organization::"acme"'.
     pub entity: String,
+}
+
+/// `policyd activity`.
+#[derive(Debug, Args)]
+pub struct ActivityArgs {
+    /// SQLite database file of the entity store (the log is activity.db beside it).
+    #[arg(long, env = "POLICYD_DB", default_value = "data/policyd.db")]
+    pub db: PathBuf,
+    /// Activity log database (default: activity.db beside --db).
+    #[arg(long, env = "POLICYD_ACTIVITY_DB")]
+    pub activity_db: Option<PathBuf>,
+    /// Organization id.
+    #[arg(long)]
+    pub org: String,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records at or before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Most records printed.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
 }

@@ -39,4 +39,31 @@ pub struct ServeConfig {
     pub watch: bool,
     /// Request limits.
     pub limits: Limits,
+    /// The activity log.
+    pub activity: ActivityConfig,
+}
+
+/// Configuration of the activity log.
+#[derive(Debug, Clone)]
+pub struct ActivityConfig {
+    /// Whether records are kept.
+    pub enabled: bool,
+    /// Its SQLite file.
+    pub db_path: PathBuf,
+    /// Records older than this many days are pruned.
+    pub retention_days: u32,
+    /// Records that may wait for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
+impl ActivityConfig {
+    /// The default log next to the entity store `db`: `activity.db` in the same directory.
+    pub fn beside(db: &std::path::Path) -> ActivityConfig {
+        ActivityConfig {
+            enabled: true,
+            db_path: db.with_file_name("activity.db"),
+            retention_days: 90,
+            queue: 65_536,
+        }
+    }
 }

@@ -24,12 +24,21 @@ pub enum EngineError {
     Task(String),
 }
 
+/// A decision and the organization it concerns.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The decision.
+    pub decision: Decision,
+    /// Id of the organization of the resource, or else of the principal.
+    pub organization: Option<String>,
+}
+
 /// Decides every query on `snapshot`, sharing one entity slice between them. Blocking.
 pub fn decide_all(
     store: &Store,
     snapshot: &PolicySnapshot,
     queries: &[Query],
-) -> Result<Vec<Decision>, EngineError> {
+) -> Result<Vec<Outcome>, EngineError> {
     let mut seen = HashSet::new();
     let roots: Vec<EntityUid> = queries
         .iter()
@@ -41,17 +50,24 @@ pub fn decide_all(
     let entities = authz::entities(snapshot, slice, queries.iter().map(|q| &q.action))?;
     Ok(queries
         .iter()
-        .map(|q| authz::decide(snapshot, q, &entities))
+        .map(|q| Outcome {
+            decision: authz::decide(snapshot, q, &entities),
+            organization: authz::query_organization(&entities, q),
+        })
         .collect())
 }
 
-/// [`decide_all`] on a blocking thread, so the store is never read on the async runtime.
+/// [`decide_all`] on a blocking thread, so the store is never read on the async runtime. Hands
+/// the queries back with their outcomes.
 pub async fn decide_all_async(
     store: Arc<Store>,
     snapshot: Arc<PolicySnapshot>,
     queries: Vec<Query>,
-) -> Result<Vec<Decision>, EngineError> {
-    tokio::task::spawn_blocking(move || decide_all(&store, &snapshot, &queries))
-        .await
-        .unwrap_or_else(|join| Err(EngineError::Task(join.to_string())))
+) -> Result<Vec<(Query, Outcome)>, EngineError> {
+    tokio::task::spawn_blocking(move || {
+        let outcomes = decide_all(&store, &snapshot, &queries)?;
+        Ok(queries.into_iter().zip(outcomes).collect())
+    })
+    .await
+    .unwrap_or_else(|join| Err(EngineError::Task(join.to_string())))
 }

@@ -11,12 +11,14 @@
 //! - [`api`]: HTTP routes, JSON types, and the one mapping from errors to statuses.
 //! - [`server`]: the accept loop and graceful drain; [`shutdown`]: the stop signal.
 //! - [`state`]: what handlers share; [`config`]: what `serve` is given; [`daemon`]: start-up.
+//! - [`activity`]: the activity log (decisions, entity writes, reloads) and its writer thread.
 //! - [`storage`]: storage accounting and quota types (the store keeps the counters).
 //! - [`import`]: entity files into the store (the `import` command and demo seeding).
 //! - [`report`]: plain-text tables for the admin commands.
 //! - [`synth`]: a deterministic synthetic platform for benchmarks and the load generator.
 //! - [`cli`]: command-line arguments.
 
+pub mod activity;
 pub mod api;
 pub mod authz;
 pub mod cli;

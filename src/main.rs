@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cedar_policy::EntityUid;
 use clap::Parser;
-use policyd::cli::{CheckArgs, Cli, Command, ImportArgs, ServeArgs, StorageArgs};
+use policyd::cli::{ActivityArgs, CheckArgs, Cli, Command, ImportArgs, ServeArgs, StorageArgs};
 use policyd::store::sqlite::SqliteStore;
 use policyd::store::{StorageLedger, Store};
 use policyd::{daemon, import, policy, report, server, shutdown, storage};
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Check(args) => return check(args),
         Command::Import(args) => import(args),
         Command::Storage(args) => storage(args),
+        Command::Activity(args) => activity(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,7 +57,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "policyd listening");
         daemon::spawn_background(&state, &config);
-        server::run(listener, state, shutdown::signal()).await;
+        server::run(listener, state.clone(), shutdown::signal()).await;
+        daemon::finish(&state).await;
+        tracing::info!("stopped");
         Ok(())
     })
 }
@@ -121,6 +124,33 @@ fn storage(args: StorageArgs) -> anyhow::Result<()> {
         report::project_storage(&uid, &usage)
     };
     print!("{text}");
+    Ok(())
+}
+
+fn activity(args: ActivityArgs) -> anyhow::Result<()> {
+    let path = args
+        .activity_db
+        .unwrap_or_else(|| policyd::config::ActivityConfig::beside(&args.db).db_path);
+    anyhow::ensure!(path.exists(), "no activity log at {}", path.display());
+    let time = |t: &Option<String>| -> anyhow::Result<Option<i64>> {
+        t.as_deref()
+            .map(|t| {
+                let at = humantime::parse_rfc3339_weak(t)
+                    .with_context(|| format!("`{t}` is not an RFC 3339 time"))?;
+                let micros = at.duration_since(std::time::UNIX_EPOCH)?.as_micros();
+                Ok(i64::try_from(micros)?)
+            })
+            .transpose()
+    };
+    let filter = policyd::activity::Filter {
+        organization: args.org.clone(),
+        since: time(&args.since)?,
+        until: time(&args.until)?,
+        limit: args.limit.max(1),
+        ..Default::default()
+    };
+    let page = policyd::activity::ActivityLog::reader(&path).query(&filter)?;
+    print!("{}", report::activity(&args.org, &page.records));
     Ok(())
 }
 

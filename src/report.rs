@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use cedar_policy::EntityUid;
 
-use crate::storage::{Usage, human_bytes};
+use crate::activity::Record;
+use crate::storage::{Usage, format_micros, human_bytes};
 
 /// A table with a header row; columns are padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -101,6 +102,42 @@ pub fn project_storage(project: &EntityUid, usage: &Usage) -> String {
         of_quota(usage.used(), usage.quota),
         human_bytes(usage.reserved),
         table(&["TYPE", "ITEMS", "BYTES"], &rows)
+    )
+}
+
+/// An organization's activity trail, newest first.
+pub fn activity(org: &str, records: &[Record]) -> String {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let e = &r.entry;
+            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+            vec![
+                format_micros(r.time),
+                e.kind.as_str().to_owned(),
+                dash(&e.principal),
+                dash(&e.action),
+                dash(&e.resource),
+                dash(&e.decision),
+                e.reasons.join(", "),
+            ]
+        })
+        .collect();
+    format!(
+        "Activity of Organization::{org:?}: {} records, newest first\n\n{}",
+        records.len(),
+        table(
+            &[
+                "TIME",
+                "KIND",
+                "PRINCIPAL",
+                "ACTION",
+                "RESOURCE",
+                "DECISION",
+                "REASONS"
+            ],
+            &rows
+        )
     )
 }
 

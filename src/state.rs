@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::activity::ActivityLog;
 use crate::config::Limits;
 use crate::policy::PolicySnapshot;
 use crate::reload::Reloader;
@@ -24,6 +25,8 @@ pub struct AppState {
     /// schema holds it exclusively while it checks the stored entities and swaps, so no write
     /// validated against the old schema lands after the check.
     pub write_gate: tokio::sync::RwLock<()>,
+    /// The activity log.
+    pub activity: Arc<ActivityLog>,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
         store: Store,
         limits: Limits,
         reloader: Reloader,
+        activity: ActivityLog,
     ) -> Arc<Self> {
         Arc::new(AppState {
             policies: ArcSwap::from_pointee(snapshot),
@@ -40,6 +44,7 @@ impl AppState {
             limits,
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
+            activity: Arc::new(activity),
         })
     }
 

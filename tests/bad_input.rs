@@ -501,6 +501,7 @@ fn invalid_policies_refuse_to_start() {
             entity_cache: 10,
             watch: false,
             limits: Default::default(),
+            activity: policyd::config::ActivityConfig::beside(&tmp.path().join("db")),
         };
         let Err(err) = policyd::daemon::open(&config) else {
             panic!("{policy} was served");

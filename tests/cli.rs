@@ -337,3 +337,89 @@ fn storage_prints_totals_for_admins() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn sigterm_under_load_flushes_every_answered_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("policyd.db");
+    let (mut child, addr) = spawn_serve(&db, &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                let body = r#"{"requests": [
+                    {"principal": "User::\"dave\"", "action": "Action::\"view\"", "resource": "Project::\"nlp\""},
+                    {"principal": "User::\"eve\"", "action": "Action::\"view\"", "resource": "Project::\"nlp\""}]}"#;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Connection refused or reset once the daemon stops: that request was not answered.
+                    let Ok(resp) = std::panic::catch_unwind(|| post(addr, "/v1/is_authorized/batch", body)) else { break };
+                    let Some(json) = resp.split("\r\n\r\n").nth(1) else { break };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { break };
+                    for r in v["results"].as_array().into_iter().flatten() {
+                        ids.push(r["decision_id"].as_i64().expect("decision_id"));
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ids: Vec<i64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(ids.len() > 100, "only {} decisions answered", ids.len());
+    let log = rusqlite::Connection::open(tmp.path().join("activity.db")).unwrap();
+    let mut missing = 0;
+    for id in &ids {
+        let n: i64 = log
+            .query_row("SELECT count(*) FROM activity WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        missing += usize::from(n == 0);
+    }
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} answered decisions were not flushed",
+        ids.len()
+    );
+}
+
+#[test]
+fn activity_prints_the_trail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("policyd.db");
+    let (mut child, addr) = spawn_serve(&db, &[]);
+    let resp = post(
+        addr,
+        "/v1/is_authorized",
+        r#"{"principal": "User::\"carol\"", "action": "Action::\"view\"", "resource": "Dataset::\"speech-audio\""}"#,
+    );
+    assert!(resp.contains("decision_id"));
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
+    let out = policyd()
+        .args(["activity", "--org", "acme", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TIME")
+            && text.contains("User::\"carol\"")
+            && text.contains("shared.content"),
+        "{text}"
+    );
+}

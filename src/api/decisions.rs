@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
+use crate::activity::{Entry, Kind};
 use crate::authz::{self, Query};
 use crate::engine;
 use crate::policy::PolicySnapshot;
@@ -18,11 +19,13 @@ const REQUEST_FIELDS: &[&str] = &["principal", "action", "resource", "context"];
 pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
     let query = query(&snapshot, json::parse(body)?, "")?;
-    let decisions = engine::decide_all_async(state.store.clone(), snapshot, vec![query]).await?;
-    let decision = decisions
-        .first()
+    let decided =
+        engine::decide_all_async(state.store.clone(), snapshot.clone(), vec![query]).await?;
+    let result = answer(state, &snapshot, &decided)
+        .into_iter()
+        .next()
         .ok_or_else(|| ApiError::Internal("no decision for the request".to_owned()))?;
-    Ok(json::respond(StatusCode::OK, &json::decision(decision)))
+    Ok(json::respond(StatusCode::OK, &result))
 }
 
 /// Up to `max_batch` decisions on one snapshot and one entity slice, answered in order.
@@ -47,12 +50,40 @@ pub async fn batch(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body
         .enumerate()
         .map(|(i, item)| query(&snapshot, item, &format!("requests[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let decisions = engine::decide_all_async(state.store.clone(), snapshot, queries).await?;
-    let results: Vec<Value> = decisions.iter().map(json::decision).collect();
+    let decided = engine::decide_all_async(state.store.clone(), snapshot.clone(), queries).await?;
+    let results = answer(state, &snapshot, &decided);
     Ok(json::respond(
         StatusCode::OK,
         &json!({ "results": results }),
     ))
+}
+
+/// Records each decision in the activity log and renders it with its `decision_id` (null when
+/// the log is off or its queue is full).
+fn answer(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    decided: &[(Query, engine::Outcome)],
+) -> Vec<Value> {
+    decided
+        .iter()
+        .map(|(query, outcome)| {
+            let d = &outcome.decision;
+            let id = state.activity.record(Entry {
+                kind: Kind::Decision,
+                principal: Some(query.principal.to_string()),
+                action: Some(query.action.to_string()),
+                resource: Some(query.resource.to_string()),
+                decision: Some(json::decision_word(d).to_owned()),
+                reasons: d.reasons.clone(),
+                policy_revision: Some(snapshot.revision.clone()),
+                organization: outcome.organization.clone(),
+            });
+            let mut rendered = json::decision(d);
+            rendered["decision_id"] = json!(id);
+            rendered
+        })
+        .collect()
 }
 
 /// Parses and validates one decision request found at `at` in the body.

@@ -7,8 +7,11 @@ use serde_json::json;
 use super::error::ApiError;
 use super::json::{self, Body};
 use super::on_store;
+use crate::activity::{Entry, Kind};
 use crate::state::AppState;
+use crate::storage::ORGANIZATION_TYPE;
 use crate::store::codec::{self, uid_from_strs};
+use crate::store::{Store, StoreError};
 
 /// Validates every entity against the schema, then writes them all in one transaction.
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
@@ -19,8 +22,23 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     let snapshot = state.snapshot();
     let records = codec::parse_batch(value, snapshot.schema.as_ref())?;
     let n = records.len();
-    on_store(&state.store, move |store| store.upsert(&records)).await?;
+    let uids: Vec<EntityUid> = records.iter().map(|r| r.uid.clone()).collect();
+    let log = state.activity.enabled();
+    let orgs = on_store(&state.store, move |store| {
+        store.upsert(&records)?;
+        if log {
+            organizations(store, &uids)
+        } else {
+            Ok(vec![])
+        }
+    })
+    .await?;
     tracing::info!(upserted = n, "entities written");
+    for (uid, org) in orgs {
+        state
+            .activity
+            .record(change(Kind::EntityUpsert, &uid, org, &snapshot.revision));
+    }
     Ok(json::respond(StatusCode::OK, &json!({ "upserted": n })))
 }
 
@@ -44,12 +62,48 @@ pub async fn delete(
 ) -> Result<hyper::Response<Body>, ApiError> {
     let uid = path_uid(ty, id)?;
     let shown = uid.to_string();
-    let removed = on_store(&state.store, move |store| store.delete(&uid)).await?;
+    let log = state.activity.enabled();
+    let (removed, org) = on_store(&state.store, move |store| {
+        // Resolved first: once deleted, the entity no longer leads to its organization.
+        let org = if log {
+            store.organization_of(&uid, ORGANIZATION_TYPE)?
+        } else {
+            None
+        };
+        Ok::<_, StoreError>((store.delete(&uid)?, org))
+    })
+    .await?;
     if !removed {
         return Err(ApiError::NotFound(format!("entity {shown} is not stored")));
     }
     tracing::info!(entity = %shown, "entity deleted");
+    let revision = state.snapshot().revision.clone();
+    state.activity.record(Entry {
+        resource: Some(shown),
+        organization: org,
+        policy_revision: Some(revision),
+        ..Entry::new(Kind::EntityDelete)
+    });
     Ok(json::empty(StatusCode::NO_CONTENT))
+}
+
+/// The organization of each written entity, sharing lookups between entities of one write.
+fn organizations(
+    store: &Store,
+    uids: &[EntityUid],
+) -> Result<Vec<(EntityUid, Option<String>)>, StoreError> {
+    uids.iter()
+        .map(|u| Ok((u.clone(), store.organization_of(u, ORGANIZATION_TYPE)?)))
+        .collect()
+}
+
+fn change(kind: Kind, uid: &EntityUid, org: Option<String>, revision: &str) -> Entry {
+    Entry {
+        resource: Some(uid.to_string()),
+        organization: org,
+        policy_revision: Some(revision.to_owned()),
+        ..Entry::new(kind)
+    }
 }
 
 fn path_uid(ty: &str, id: &str) -> Result<EntityUid, ApiError> {

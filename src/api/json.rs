@@ -127,10 +127,44 @@ pub fn query_value(raw: &str, field: &str) -> Result<String, ApiError> {
         })
 }
 
+/// `Allow` or `Deny`.
+pub fn decision_word(d: &Decision) -> &'static str {
+    if d.allowed { "Allow" } else { "Deny" }
+}
+
+/// Percent-decoded query parameters, refusing names outside `allowed` and repeated names.
+pub fn query_params(
+    query: Option<&str>,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let mut out = std::collections::HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = query_value(name, "query")?;
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::InvalidField {
+                field: name,
+                message: format!(
+                    "unknown query parameter; expected one of: {}",
+                    allowed.join(", ")
+                ),
+            });
+        }
+        let value = query_value(raw, &name)?;
+        if out.insert(name.clone(), value).is_some() {
+            return Err(ApiError::InvalidField {
+                field: name,
+                message: "given more than once".to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The cedar-agent compatible rendering of a decision.
 pub fn decision(d: &Decision) -> Value {
     serde_json::json!({
-        "decision": if d.allowed { "Allow" } else { "Deny" },
+        "decision": decision_word(d),
         "diagnostics": { "reason": d.reasons, "errors": d.errors },
     })
 }

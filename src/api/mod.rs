@@ -3,6 +3,7 @@
 //! Handlers return `Result<Response, ApiError>`; [`handle`] is the only place an error becomes
 //! a status code and a JSON body.
 
+mod activity;
 mod decisions;
 mod entities;
 pub mod error;
@@ -61,6 +62,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         }
         (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
         (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
+        (["v1", "activity"], &Method::GET) => activity::list(state, req.uri().query()).await,
         (["v1", "storage", "check"], &Method::POST) => {
             storage::check(state, &json::read_body(req, limit).await?).await
         }
@@ -82,6 +84,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             | ["v1", "is_authorized", "batch"]
             | ["v1", "entities"]
             | ["v1", "entities", _, _]
+            | ["v1", "activity"]
             | ["v1", "storage", "check"]
             | ["v1", "storage", "reservations"]
             | ["v1", "storage", "reservations", _]

@@ -28,6 +28,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
         })
         .collect();
     let last_reload = state.reloader.last().map(|s| reload_json(&s));
+    let a = state.activity.stats();
     json::respond(
         StatusCode::OK,
         &json!({
@@ -36,6 +37,13 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
             "loaded_at": time(snapshot.loaded_at),
             "deref_depth": snapshot.deref_depth,
             "last_reload": last_reload,
+            "activity": {
+                "enabled": a.enabled,
+                "queued": a.queued,
+                "written": a.written,
+                "dropped": a.dropped,
+                "failed_batches": a.failed_batches,
+            },
             "policies": policies,
         }),
     )

@@ -55,7 +55,7 @@ pub async fn totals(
             return Ok::<_, engine::EngineError>((None, vec![], false));
         };
         let decision = engine::decide_all(store, &snapshot, std::slice::from_ref(&query))?;
-        let allowed = decision.first().is_some_and(|d| d.allowed);
+        let allowed = decision.first().is_some_and(|o| o.decision.allowed);
         let mut projects = Vec::new();
         if allowed && target.type_name().to_string() == ORGANIZATION_TYPE {
             for p in store.ledger().children(&target, PROJECT_TYPE)? {
@@ -251,16 +251,12 @@ fn uid_json(uid: &EntityUid) -> Value {
 
 /// The `principal` query parameter, a percent-encoded Cedar uid string.
 fn principal_param(query: Option<&str>) -> Result<EntityUid, ApiError> {
-    let raw = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("principal="));
-    let Some(raw) = raw else {
+    let mut params = json::query_params(query, &["principal"])?;
+    let Some(raw) = params.remove("principal") else {
         return Err(ApiError::InvalidField {
             field: "principal".to_owned(),
             message: "query parameter is required, like ?principal=User::%22ada%22".to_owned(),
         });
     };
-    let decoded = json::query_value(raw, "principal")?;
-    json::uid(Some(&Value::String(decoded)), "principal")
+    json::uid(Some(&Value::String(raw)), "principal")
 }

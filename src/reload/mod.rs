@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use cedar_policy::Entity;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::activity::{Entry, Kind};
 use crate::policy::{self, PolicySnapshot, SourceError};
 use crate::state::AppState;
 use crate::store::codec::error_chain;
@@ -162,6 +163,14 @@ async fn worker(state: Arc<AppState>, mut rx: mpsc::Receiver<Request>) {
                 )
             });
         state.reloader.last.store(Some(Arc::new(status.clone())));
+        if status.changed || !status.ok {
+            state.activity.record(Entry {
+                policy_revision: Some(status.revision.clone()),
+                reasons: status.errors.iter().map(ToString::to_string).collect(),
+                decision: Some(if status.ok { "applied" } else { "refused" }.to_owned()),
+                ..Entry::new(Kind::PolicyReload)
+            });
+        }
         for request in waiting {
             if let Some(reply) = request.reply {
                 let _ = reply.send(status.clone());

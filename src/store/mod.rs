@@ -158,6 +158,36 @@ impl Store {
         slice::slice(roots, depth, |uid| self.fetch(uid))
     }
 
+    /// Id of the organization `uid` is or belongs to (through its stored ancestors); the
+    /// smallest when there are several. `org_type` is the organization entity type.
+    pub fn organization_of(
+        &self,
+        uid: &EntityUid,
+        org_type: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![uid.clone()];
+        let mut found: Option<String> = None;
+        while let Some(u) = stack.pop() {
+            if !seen.insert(u.clone()) {
+                continue;
+            }
+            if u.type_name().to_string() == org_type {
+                let id = u.id().unescaped().to_owned();
+                if found.as_ref().is_none_or(|f| id < *f) {
+                    found = Some(id);
+                }
+                if u == *uid {
+                    return Ok(found);
+                }
+            }
+            if let Some(parsed) = self.fetch(&u)? {
+                stack.extend(parsed.parents.iter().cloned());
+            }
+        }
+        Ok(found)
+    }
+
     /// One parsed entity, from the cache or else the backend (which also warms its ancestors).
     fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<codec::Parsed>>, StoreError> {
         if let Some(hit) = self.cache.get(uid) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
-use policyd::config::{Limits, ServeConfig};
+use policyd::config::{ActivityConfig, Limits, ServeConfig};
 use policyd::state::AppState;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -43,6 +43,8 @@ pub struct Setup {
     pub limits: Limits,
     pub entity_cache: usize,
     pub watch: bool,
+    pub activity: bool,
+    pub activity_queue: usize,
 }
 
 impl Default for Setup {
@@ -53,6 +55,8 @@ impl Default for Setup {
             limits: Limits::default(),
             entity_cache: 10_000,
             watch: true,
+            activity: true,
+            activity_queue: 65_536,
         }
     }
 }
@@ -92,6 +96,11 @@ impl Daemon {
             entity_cache: setup.entity_cache,
             watch: setup.watch,
             limits: setup.limits,
+            activity: ActivityConfig {
+                enabled: setup.activity,
+                queue: setup.activity_queue,
+                ..ActivityConfig::beside(&dir.path().join("data/policyd.db"))
+            },
         };
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
         let listener = TcpListener::bind(config.listen).await.unwrap();
@@ -119,6 +128,7 @@ impl Daemon {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        policyd::daemon::finish(&self.state).await;
     }
 
     /// Sends raw bytes with a method and path; returns the status and the JSON body (Null when

@@ -1,0 +1,164 @@
+//! `GET /v1/activity`: an organization's trail, newest first, for viewers the policies allow to
+//! `view_activity` on it.
+
+use std::collections::HashMap;
+use std::time::UNIX_EPOCH;
+
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::json::{self, Body};
+use crate::activity::{Filter, Kind, Record};
+use crate::authz;
+use crate::engine;
+use crate::state::AppState;
+use crate::storage::{self, ORGANIZATION_TYPE};
+use crate::store::codec::uid_from_strs;
+
+const PARAMS: &[&str] = &[
+    "organization",
+    "viewer",
+    "principal",
+    "resource",
+    "action",
+    "kind",
+    "since",
+    "until",
+    "limit",
+    "cursor",
+];
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// One page of the trail.
+pub async fn list(
+    state: &AppState,
+    query: Option<&str>,
+) -> Result<hyper::Response<Body>, ApiError> {
+    let mut params = json::query_params(query, PARAMS)?;
+    let organization = params
+        .remove("organization")
+        .ok_or_else(|| required("organization"))?;
+    let viewer = params.remove("viewer").ok_or_else(|| required("viewer"))?;
+    let viewer = json::uid(Some(&Value::String(viewer)), "viewer")?;
+    let uid_param = |name: &str, params: &mut HashMap<String, String>| {
+        params
+            .remove(name)
+            .map(|v| json::uid(Some(&Value::String(v)), name).map(|u| u.to_string()))
+            .transpose()
+    };
+    let filter = Filter {
+        principal: uid_param("principal", &mut params)?,
+        resource: uid_param("resource", &mut params)?,
+        action: uid_param("action", &mut params)?,
+        kind: params
+            .remove("kind")
+            .map(|k| {
+                Kind::parse(&k).ok_or_else(|| {
+                    invalid(
+                        "kind",
+                        "must be decision, entity_upsert, entity_delete or policy_reload",
+                    )
+                })
+            })
+            .transpose()?,
+        since: params
+            .remove("since")
+            .map(|t| micros("since", &t))
+            .transpose()?,
+        until: params
+            .remove("until")
+            .map(|t| micros("until", &t))
+            .transpose()?,
+        limit: params
+            .remove("limit")
+            .map(|l| match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+                _ => Err(invalid(
+                    "limit",
+                    &format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )),
+            })
+            .transpose()?
+            .unwrap_or(DEFAULT_LIMIT),
+        before_id: params
+            .remove("cursor")
+            .map(|c| {
+                c.parse::<i64>()
+                    .map_err(|_| invalid("cursor", "must be a next_cursor from a previous page"))
+            })
+            .transpose()?,
+        organization,
+    };
+
+    let org = uid_from_strs(ORGANIZATION_TYPE, &filter.organization).map_err(ApiError::Internal)?;
+    let snapshot = state.snapshot();
+    let action = uid_from_strs("Action", "view_activity").map_err(ApiError::Internal)?;
+    let check =
+        authz::prepare(&snapshot, viewer.clone(), action, org.clone(), None).map_err(|source| {
+            ApiError::InvalidRequest {
+                field: "viewer".to_owned(),
+                source,
+            }
+        })?;
+    let allowed = engine::decide_all_async(state.store.clone(), snapshot, vec![check])
+        .await?
+        .first()
+        .is_some_and(|(_, o)| o.decision.allowed);
+    if !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "{viewer} may not view_activity on {org}"
+        )));
+    }
+    let log = state.activity.clone();
+    let page = tokio::task::spawn_blocking(move || log.query(&filter))
+        .await
+        .map_err(|e| ApiError::Internal(format!("activity query task failed: {e}")))??;
+    let records: Vec<Value> = page.records.iter().map(record_json).collect();
+    Ok(json::respond(
+        StatusCode::OK,
+        &json!({ "records": records, "next_cursor": page.next_cursor.map(|c| c.to_string()) }),
+    ))
+}
+
+/// The JSON form of a record.
+pub fn record_json(r: &Record) -> Value {
+    let e = &r.entry;
+    json!({
+        "id": r.id,
+        "time": storage::format_micros(r.time),
+        "kind": e.kind.as_str(),
+        "principal": e.principal,
+        "action": e.action,
+        "resource": e.resource,
+        "decision": e.decision,
+        "reasons": e.reasons,
+        "policy_revision": e.policy_revision,
+        "organization": e.organization,
+    })
+}
+
+fn micros(field: &str, text: &str) -> Result<i64, ApiError> {
+    let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        invalid(
+            field,
+            &format!("must be an RFC 3339 time like 2026-11-27T12:00:00Z: {e}"),
+        )
+    })?;
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| invalid(field, "must be after 1970"))?;
+    i64::try_from(d.as_micros()).map_err(|_| invalid(field, "is too far in the future"))
+}
+
+fn required(field: &str) -> ApiError {
+    invalid(field, "query parameter is required")
+}
+
+fn invalid(field: &str, message: &str) -> ApiError {
+    ApiError::InvalidField {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
