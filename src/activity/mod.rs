@@ -214,8 +214,13 @@ impl ActivityLog {
         let time = now_micros().max(q.last_time);
         q.last_time = time;
         q.records.push_back(Record { id, time, entry });
+        // The writer only needs waking for the first record of a batch (it then lingers on its
+        // own) or a full batch; a wake-up per record would cost a context switch per decision.
+        let wake = q.records.len() == 1 || q.records.len() >= writer::BATCH;
         drop(q);
-        shared.wake.notify_one();
+        if wake {
+            shared.wake.notify_one();
+        }
         Some(id)
     }
 

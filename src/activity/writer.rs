@@ -3,13 +3,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
 use super::{Record, Shared, db};
 
 /// Most records in one transaction.
-const BATCH: usize = 4096;
+pub(super) const BATCH: usize = 4096;
+/// How long the writer lets records gather before committing them. Bigger batches write each
+/// index page once instead of once per few records: under load this is most of the log's cost.
+const LINGER: Duration = Duration::from_millis(100);
 
 pub(super) fn spawn(
     conn: Connection,
@@ -29,6 +33,15 @@ fn run(mut conn: Connection, shared: &Shared) {
             // records pile up while the previous batch commits, which is what batches them.
             while q.records.is_empty() && !q.stopping {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            let deadline = Instant::now() + LINGER;
+            while q.records.len() < BATCH && !q.stopping {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+                q = shared
+                    .wake
+                    .wait_timeout(q, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
             let n = q.records.len().min(BATCH);
             batch.extend(q.records.drain(..n));

@@ -29,6 +29,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
         .collect();
     let last_reload = state.reloader.last().map(|s| reload_json(&s));
     let a = state.activity.stats();
+    let (hits, misses, cached) = state.store.cache_stats();
     json::respond(
         StatusCode::OK,
         &json!({
@@ -37,6 +38,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
             "loaded_at": time(snapshot.loaded_at),
             "deref_depth": snapshot.deref_depth,
             "last_reload": last_reload,
+            "entity_cache": { "hits": hits, "misses": misses, "entries": cached },
             "activity": {
                 "enabled": a.enabled,
                 "queued": a.queued,

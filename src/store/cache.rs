@@ -4,6 +4,7 @@
 //! entities from here. Each entry holds only its own entity's data, so a write invalidates
 //! exactly the entities it wrote.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::EntityUid;
@@ -16,6 +17,8 @@ type Entry = Option<Arc<Parsed>>;
 
 pub(super) struct EntityCache {
     entries: Cache<EntityUid, Entry>,
+    hits: AtomicU64,
+    misses: AtomicU64,
     /// Counts writes. A reader fills the cache only if no write committed since it began
     /// reading, so a slow reader can never re-insert what a write just replaced.
     epoch: RwLock<u64>,
@@ -25,12 +28,26 @@ impl EntityCache {
     pub(super) fn new(capacity: usize) -> Self {
         EntityCache {
             entries: Cache::new(capacity.max(1)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             epoch: RwLock::new(0),
         }
     }
 
     pub(super) fn get(&self, uid: &EntityUid) -> Option<Entry> {
-        self.entries.get(uid)
+        let found = self.entries.get(uid);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// `(hits, misses, entries)` since start.
+    pub(super) fn stats(&self) -> (u64, u64, usize) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.entries.len(),
+        )
     }
 
     /// The write epoch to pass to [`EntityCache::fill`] after reading the backend.

@@ -125,11 +125,7 @@ fn long_attr(json: &Value, name: &str) -> Option<i64> {
 fn parents_of(json: &Value) -> Vec<EntityUid> {
     json.get("parents")
         .and_then(Value::as_array)
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| EntityUid::from_json(p.clone()).ok())
-                .collect()
-        })
+        .map(|ps| ps.iter().filter_map(super::materialize::uid).collect())
         .unwrap_or_default()
 }
 
@@ -158,14 +154,20 @@ pub fn decode(record: &Record) -> Result<Parsed, DecodeError> {
         message,
     };
     let json: Value = serde_json::from_str(&record.body).map_err(|e| fail(e.to_string()))?;
-    let mut refs = Vec::new();
-    for key in ["attrs", "tags"] {
-        if let Some(v) = json.get(key) {
-            collect_refs(v, &mut refs);
+    let (entity, refs) = match super::materialize::materialize(&json) {
+        Some(built) => built,
+        None => {
+            let mut refs = Vec::new();
+            for key in ["attrs", "tags"] {
+                if let Some(v) = json.get(key) {
+                    collect_refs(v, &mut refs);
+                }
+            }
+            // No schema needed: the canonical JSON spells out every entity and extension value.
+            let entity = Entity::from_json_value(json, None).map_err(|e| fail(error_chain(&e)))?;
+            (entity, refs)
         }
-    }
-    // No schema needed: the canonical JSON spells out every entity and extension value.
-    let entity = Entity::from_json_value(json, None).map_err(|e| fail(error_chain(&e)))?;
+    };
     Ok(Parsed {
         entity,
         parents: record.parents.clone(),

@@ -7,6 +7,7 @@
 
 mod cache;
 pub mod codec;
+mod materialize;
 mod slice;
 pub mod sqlite;
 
@@ -147,6 +148,11 @@ impl Store {
         self.backend.scan(visit)
     }
 
+    /// Parsed-entity cache `(hits, misses, entries)` since start.
+    pub fn cache_stats(&self) -> (u64, u64, usize) {
+        self.cache.stats()
+    }
+
     /// Checks that the backend answers.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.backend.ping()
@@ -156,6 +162,12 @@ impl Store {
     /// entities reachable through attributes up to `depth` dereferences (with their ancestors).
     pub fn slice(&self, roots: &[EntityUid], depth: u32) -> Result<Vec<Entity>, StoreError> {
         slice::slice(roots, depth, |uid| self.fetch(uid))
+    }
+
+    /// [`Store::slice`] from the cache alone: `None` as soon as an entity is not cached. Never
+    /// blocks, so a decision whose entities are all cached needs no trip to a blocking thread.
+    pub fn slice_cached(&self, roots: &[EntityUid], depth: u32) -> Option<Vec<Entity>> {
+        slice::slice(roots, depth, |uid| self.cache.get(uid).ok_or(())).ok()
     }
 
     /// Id of the organization `uid` is or belongs to (through its stored ancestors); the

@@ -12,15 +12,14 @@ use std::sync::Arc;
 
 use cedar_policy::{Entity, EntityUid};
 
-use super::StoreError;
 use super::codec::Parsed;
 
 /// Gathers the slice, reading entities through `fetch`.
-pub(super) fn slice(
+pub(super) fn slice<E>(
     roots: &[EntityUid],
     depth: u32,
-    mut fetch: impl FnMut(&EntityUid) -> Result<Option<Arc<Parsed>>, StoreError>,
-) -> Result<Vec<Entity>, StoreError> {
+    mut fetch: impl FnMut(&EntityUid) -> Result<Option<Arc<Parsed>>, E>,
+) -> Result<Vec<Entity>, E> {
     let mut included: HashSet<EntityUid> = HashSet::new();
     let mut expanded: HashSet<EntityUid> = HashSet::new();
     let mut out = Vec::new();
@@ -49,12 +48,12 @@ pub(super) fn slice(
 }
 
 /// Adds `uid` (if stored and not yet added) and all its ancestors to `out`.
-fn include(
+fn include<E>(
     uid: &EntityUid,
     included: &mut HashSet<EntityUid>,
     out: &mut Vec<Entity>,
-    fetch: &mut impl FnMut(&EntityUid) -> Result<Option<Arc<Parsed>>, StoreError>,
-) -> Result<Option<Arc<Parsed>>, StoreError> {
+    fetch: &mut impl FnMut(&EntityUid) -> Result<Option<Arc<Parsed>>, E>,
+) -> Result<Option<Arc<Parsed>>, E> {
     let first = fetch(uid)?;
     let mut stack = vec![(uid.clone(), first.clone())];
     while let Some((uid, parsed)) = stack.pop() {

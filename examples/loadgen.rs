@@ -1,0 +1,295 @@
+//! Load generator: seeds a synthetic platform, starts the release daemon on it (or targets a
+//! running one), and drives `POST /v1/is_authorized` (or the batch endpoint) over keep-alive
+//! connections with a deterministic mix of allowed and denied requests across every rule.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example loadgen -- \
+//!     --entities 100000 --connections 16 --duration 10 [--warmup 3] [--batch 50] [--rate 10000] \
+//!     [--activity on|off] [--seed 42] [--target 127.0.0.1:8180]
+//! ```
+//! Prints decisions/s, latency percentiles and the daemon's peak RSS.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+use policyd::store::sqlite::SqliteStore;
+use policyd::store::{Store, codec};
+use policyd::synth::{self, Rng, Shape};
+use serde_json::{Value, json};
+
+struct Args {
+    entities: usize,
+    connections: usize,
+    duration: u64,
+    warmup: u64,
+    batch: usize,
+    rate: Option<u64>,
+    activity: String,
+    seed: u64,
+    target: Option<SocketAddr>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        entities: 100_000,
+        connections: 16,
+        duration: 10,
+        warmup: 3,
+        batch: 0,
+        rate: None,
+        activity: "on".to_owned(),
+        seed: 42,
+        target: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--entities" => a.entities = value()?.parse()?,
+            "--connections" => a.connections = value()?.parse()?,
+            "--duration" => a.duration = value()?.parse()?,
+            "--warmup" => a.warmup = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
+            "--rate" => a.rate = Some(value()?.parse()?),
+            "--activity" => a.activity = value()?,
+            "--seed" => a.seed = value()?.parse()?,
+            "--target" => a.target = Some(value()?.parse()?),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let shape = Shape::about(args.entities);
+    let (mut daemon, addr, _dir) = match args.target {
+        Some(addr) => (None, addr, None),
+        None => {
+            let dir = tempfile::tempdir()?;
+            let db = dir.path().join("policyd.db");
+            seed(&db, shape, args.seed)?;
+            let (child, addr) = start_daemon(&db, &args.activity)?;
+            (Some(child), addr, Some(dir))
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let result = runtime.block_on(drive(&args, shape, addr));
+    let rss = daemon.as_ref().and_then(|c| peak_rss_kib(c.id()));
+    if let Some(child) = daemon.as_mut() {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
+    let report = result?;
+    println!("{report}");
+    if let Some(kib) = rss {
+        println!("daemon peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Fills a store with the synthetic platform through the import path.
+fn seed(db: &Path, shape: Shape, seed: u64) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let snapshot = policyd::policy::load_dir(&root.join("policies")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::new(Box::new(SqliteStore::open(db)?), 1);
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(5_000);
+    let mut n = 0;
+    for e in synth::entities(shape, seed) {
+        batch.push(e);
+        if batch.len() == 5_000 {
+            n += flush(&store, &snapshot, &mut batch)?;
+        }
+    }
+    n += flush(&store, &snapshot, &mut batch)?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("seeded {n} entities in {secs:.1} s ({:.0}/s)", n as f64 / secs);
+    Ok(())
+}
+
+fn flush(store: &Store, snapshot: &policyd::policy::PolicySnapshot, batch: &mut Vec<Value>) -> anyhow::Result<usize> {
+    let records = codec::parse_batch(Value::Array(std::mem::take(batch)), snapshot.schema.as_ref())?;
+    store.upsert(&records)?;
+    Ok(records.len())
+}
+
+fn start_daemon(db: &Path, activity: &str) -> anyhow::Result<(Child, SocketAddr)> {
+    let exe = std::env::current_exe()?;
+    let bin: PathBuf = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("policyd"))
+        .context("cannot locate target dir")?;
+    anyhow::ensure!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--activity", activity, "--watch", "false"])
+        .arg("--db")
+        .arg(db)
+        .arg("--policies")
+        .arg(root.join("policies"))
+        .arg("--entities")
+        .arg(db.with_file_name("no-entities"))
+        .env("RUST_LOG", "warn,policyd=info")
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().context("daemon exited before listening")??;
+        if let Some(a) = line.split("addr=").nth(1) {
+            break a.trim().parse()?;
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok((child, addr))
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// One request of the mix: every rule, allowed and denied.
+fn request(rng: &mut Rng, shape: Shape) -> Value {
+    let o = rng.below(shape.orgs);
+    // One in ten principals comes from another organization (tenant isolation denies).
+    let po = if rng.below(10) == 0 && shape.orgs > 1 { (o + 1) % shape.orgs } else { o };
+    let principal = format!("User::\"{}\"", synth::user_id(po, rng.below(shape.users_per_org)));
+    let p = rng.below(shape.projects_per_org);
+    let (resource, actions): (String, &[&str]) = match rng.below(10) {
+        0 => (
+            format!("Organization::\"{}\"", synth::org_id(o)),
+            &["view_storage", "view_activity", "manage_users", "create_project"],
+        ),
+        1 | 2 => (
+            format!("Project::\"{}\"", synth::project_id(o, p)),
+            &["view", "edit", "delete", "share", "add_content", "view_storage"],
+        ),
+        _ => {
+            let (ty, id) = synth::item(o, p, rng.below(shape.items_per_project));
+            let actions: &[&str] = if ty == "Dataset" { &["view", "view", "edit", "delete", "duplicate"] } else { &["view", "view", "edit", "delete"] };
+            (format!("{ty}::\"{id}\""), actions)
+        }
+    };
+    let action = format!("Action::\"{}\"", actions[rng.below(actions.len())]);
+    json!({"principal": principal, "action": action, "resource": resource})
+}
+
+#[derive(Default)]
+struct Totals {
+    decisions: AtomicU64,
+    allowed: AtomicU64,
+    errors: AtomicU64,
+}
+
+async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<String> {
+    let totals = Arc::new(Totals::default());
+    let recording = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let per_conn_interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1) as f64));
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (totals, recording, stop) = (totals.clone(), recording.clone(), stop.clone());
+        let (batch, seed) = (args.batch, args.seed.wrapping_add(c as u64 * 7919));
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut rng = Rng::new(seed);
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let (path, body) = if batch == 0 {
+                    ("/v1/is_authorized", request(&mut rng, shape))
+                } else {
+                    let reqs: Vec<Value> = (0..batch).map(|_| request(&mut rng, shape)).collect();
+                    ("/v1/is_authorized/batch", json!({"requests": reqs}))
+                };
+                // With a target rate, latency counts from when the request was due, so a
+                // stalled server is not hidden by the client waiting politely.
+                let due = match per_conn_interval {
+                    Some(iv) => {
+                        next += iv;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                        next - iv
+                    }
+                    None => Instant::now(),
+                };
+                let req = Request::post(path)
+                    .header("host", "policyd")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))?;
+                let resp = sender.send_request(req).await?;
+                let ok = resp.status().is_success();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                let elapsed = due.elapsed();
+                if !recording.load(Ordering::Relaxed) {
+                    continue;
+                }
+                latencies.push(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX));
+                if !ok {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let v: Value = serde_json::from_slice(&bytes)?;
+                let results: Vec<&Value> = match v.get("results") {
+                    Some(Value::Array(rs)) => rs.iter().collect(),
+                    _ => vec![&v],
+                };
+                totals.decisions.fetch_add(results.len() as u64, Ordering::Relaxed);
+                let allowed = results.iter().filter(|r| r["decision"] == "Allow").count();
+                totals.allowed.fetch_add(allowed as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await; // caches, connections
+    recording.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    recording.store(false, Ordering::Relaxed);
+    let secs = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_unstable();
+    let pct = |q: f64| all.get(((all.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
+    let decisions = totals.decisions.load(Ordering::Relaxed);
+    Ok(format!(
+        "{} entities, {} connections, batch {}, activity {}: {:.0} decisions/s ({:.0} requests/s), {:.1}% allowed, {} errors\n\
+         latency per request: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        shape.total(),
+        args.connections,
+        args.batch,
+        args.activity,
+        decisions as f64 / secs,
+        all.len() as f64 / secs,
+        totals.allowed.load(Ordering::Relaxed) as f64 * 100.0 / decisions.max(1) as f64,
+        totals.errors.load(Ordering::Relaxed),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        all.last().copied().unwrap_or(0),
+    ))
+}
