@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use cedar_policy::EntityUid;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use policyd::authz::{self, Query};
+use policyd::engine;
 use policyd::policy::{PolicySnapshot, load_dir};
 use policyd::storage::now_micros;
 use policyd::store::sqlite::SqliteStore;
@@ -87,6 +89,68 @@ fn benches(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("project", size), |b| {
             b.iter(|| store.ledger().usage(&project, now_micros()).unwrap())
+        });
+        group.finish();
+
+        // The decision path: slice + Cedar evaluation for the load generator's request mix,
+        // cycling through 1,000 requests so the parsed-entity cache is as warm as it gets.
+        let mut rng = synth::Rng::new(7);
+        let queries: Vec<Query> = (0..1_000)
+            .map(|_| {
+                let (p, a, r) = synth::request(&mut rng, shape);
+                authz::prepare(
+                    &snapshot,
+                    p.parse().unwrap(),
+                    a.parse().unwrap(),
+                    r.parse().unwrap(),
+                    None,
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut group = c.benchmark_group("decision");
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("single", size), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                engine::decide_all(&store, &snapshot, std::slice::from_ref(&queries[i])).unwrap()
+            })
+        });
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("slice_only", size), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                store
+                    .slice(&queries[i].roots, snapshot.deref_depth)
+                    .unwrap()
+            })
+        });
+        let slices: Vec<_> = queries
+            .iter()
+            .map(|q| store.slice(&q.roots, snapshot.deref_depth).unwrap())
+            .collect();
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("entities_only", size), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                authz::entities(&snapshot, slices[i].clone(), [&queries[i].action]).unwrap()
+            })
+        });
+        let built: Vec<_> = queries
+            .iter()
+            .zip(&slices)
+            .map(|(q, s)| authz::entities(&snapshot, s.clone(), [&q.action]).unwrap())
+            .collect();
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("cedar_only", size), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                authz::decide(&snapshot, &queries[i], &built[i])
+            })
+        });
+        let batch: Vec<Query> = queries[..50].to_vec();
+        group.bench_function(BenchmarkId::new("batch_of_50", size), |b| {
+            b.iter(|| engine::decide_all(&store, &snapshot, &batch).unwrap())
         });
         group.finish();
     }

@@ -82,11 +82,24 @@ fn main() -> anyhow::Result<()> {
             (Some(child), addr, Some(dir))
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let cpu_before = (
+        cpu_secs(std::process::id()),
+        daemon.as_ref().and_then(|c| cpu_secs(c.id())),
+    );
     let result = runtime.block_on(drive(&args, shape, addr));
+    let cpu_after = (
+        cpu_secs(std::process::id()),
+        daemon.as_ref().and_then(|c| cpu_secs(c.id())),
+    );
     let rss = daemon.as_ref().and_then(|c| peak_rss_kib(c.id()));
     if let Some(child) = daemon.as_mut() {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let _ = child.wait();
     }
     let report = result?;
@@ -94,13 +107,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(kib) = rss {
         println!("daemon peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
+    if let ((Some(l0), Some(d0)), (Some(l1), Some(d1))) = (cpu_before, cpu_after) {
+        println!(
+            "CPU over the run (warm-up included): daemon {:.1} s, load generator {:.1} s",
+            d1 - d0,
+            l1 - l0
+        );
+    }
     Ok(())
 }
 
 /// Fills a store with the synthetic platform through the import path.
 fn seed(db: &Path, shape: Shape, seed: u64) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let snapshot = policyd::policy::load_dir(&root.join("policies")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot =
+        policyd::policy::load_dir(&root.join("policies")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::new(Box::new(SqliteStore::open(db)?), 1);
     let start = Instant::now();
     let mut batch = Vec::with_capacity(5_000);
@@ -113,12 +134,22 @@ fn seed(db: &Path, shape: Shape, seed: u64) -> anyhow::Result<()> {
     }
     n += flush(&store, &snapshot, &mut batch)?;
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("seeded {n} entities in {secs:.1} s ({:.0}/s)", n as f64 / secs);
+    eprintln!(
+        "seeded {n} entities in {secs:.1} s ({:.0}/s)",
+        n as f64 / secs
+    );
     Ok(())
 }
 
-fn flush(store: &Store, snapshot: &policyd::policy::PolicySnapshot, batch: &mut Vec<Value>) -> anyhow::Result<usize> {
-    let records = codec::parse_batch(Value::Array(std::mem::take(batch)), snapshot.schema.as_ref())?;
+fn flush(
+    store: &Store,
+    snapshot: &policyd::policy::PolicySnapshot,
+    batch: &mut Vec<Value>,
+) -> anyhow::Result<usize> {
+    let records = codec::parse_batch(
+        Value::Array(std::mem::take(batch)),
+        snapshot.schema.as_ref(),
+    )?;
     store.upsert(&records)?;
     Ok(records.len())
 }
@@ -130,10 +161,22 @@ fn start_daemon(db: &Path, activity: &str) -> anyhow::Result<(Child, SocketAddr)
         .and_then(Path::parent)
         .map(|d| d.join("policyd"))
         .context("cannot locate target dir")?;
-    anyhow::ensure!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release` first",
+        bin.display()
+    );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--activity", activity, "--watch", "false"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--activity",
+            activity,
+            "--watch",
+            "false",
+        ])
         .arg("--db")
         .arg(db)
         .arg("--policies")
@@ -155,6 +198,16 @@ fn start_daemon(db: &Path, activity: &str) -> anyhow::Result<(Child, SocketAddr)
     Ok((child, addr))
 }
 
+/// User plus system CPU seconds a process has used.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is parenthesised and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -163,29 +216,8 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// One request of the mix: every rule, allowed and denied.
 fn request(rng: &mut Rng, shape: Shape) -> Value {
-    let o = rng.below(shape.orgs);
-    // One in ten principals comes from another organization (tenant isolation denies).
-    let po = if rng.below(10) == 0 && shape.orgs > 1 { (o + 1) % shape.orgs } else { o };
-    let principal = format!("User::\"{}\"", synth::user_id(po, rng.below(shape.users_per_org)));
-    let p = rng.below(shape.projects_per_org);
-    let (resource, actions): (String, &[&str]) = match rng.below(10) {
-        0 => (
-            format!("Organization::\"{}\"", synth::org_id(o)),
-            &["view_storage", "view_activity", "manage_users", "create_project"],
-        ),
-        1 | 2 => (
-            format!("Project::\"{}\"", synth::project_id(o, p)),
-            &["view", "edit", "delete", "share", "add_content", "view_storage"],
-        ),
-        _ => {
-            let (ty, id) = synth::item(o, p, rng.below(shape.items_per_project));
-            let actions: &[&str] = if ty == "Dataset" { &["view", "view", "edit", "delete", "duplicate"] } else { &["view", "view", "edit", "delete"] };
-            (format!("{ty}::\"{id}\""), actions)
-        }
-    };
-    let action = format!("Action::\"{}\"", actions[rng.below(actions.len())]);
+    let (principal, action, resource) = synth::request(rng, shape);
     json!({"principal": principal, "action": action, "resource": resource})
 }
 
@@ -210,7 +242,8 @@ async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<St
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let mut rng = Rng::new(seed);
             let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
@@ -255,7 +288,9 @@ async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<St
                     Some(Value::Array(rs)) => rs.iter().collect(),
                     _ => vec![&v],
                 };
-                totals.decisions.fetch_add(results.len() as u64, Ordering::Relaxed);
+                totals
+                    .decisions
+                    .fetch_add(results.len() as u64, Ordering::Relaxed);
                 let allowed = results.iter().filter(|r| r["decision"] == "Allow").count();
                 totals.allowed.fetch_add(allowed as u64, Ordering::Relaxed);
             }
@@ -274,7 +309,11 @@ async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<St
         all.extend(t.await??);
     }
     all.sort_unstable();
-    let pct = |q: f64| all.get(((all.len().max(1) - 1) as f64 * q) as usize).copied().unwrap_or(0);
+    let pct = |q: f64| {
+        all.get(((all.len().max(1) - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     let decisions = totals.decisions.load(Ordering::Relaxed);
     Ok(format!(
         "{} entities, {} connections, batch {}, activity {}: {:.0} decisions/s ({:.0} requests/s), {:.1}% allowed, {} errors\n\

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
 
+use std::sync::{Arc, Mutex};
+
 use cedar_policy::{
-    Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Effect, Entity, EntityTypeName, EntityUid, Policy, PolicyId,
+    PolicySet, PrincipalConstraint, ResourceConstraint, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
@@ -61,7 +64,16 @@ pub struct PolicySnapshot {
     /// Each schema action with its action-group ancestors, ready to join a decision's entities.
     actions: HashMap<EntityUid, Vec<Entity>>,
     authorizer: Authorizer,
+    /// The policies whose scope can match each (principal type, action, resource type) seen.
+    applicable: Mutex<HashMap<ScopeKey, Arc<PolicySet>>>,
 }
+
+/// What a policy's scope can be tested against before evaluation.
+type ScopeKey = (EntityTypeName, EntityUid, EntityTypeName);
+
+/// Most distinct scope keys remembered; beyond it (types without a schema are unbounded),
+/// subsets are computed per request.
+const MAX_SCOPE_KEYS: usize = 4096;
 
 impl fmt::Debug for PolicySnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,6 +98,68 @@ impl PolicySnapshot {
     /// not declare the action.
     pub fn action_entities(&self, action: &EntityUid) -> Option<&[Entity]> {
         self.actions.get(action).map(Vec::as_slice)
+    }
+
+    /// The policies that can apply to a request of these principal, action and resource.
+    ///
+    /// Cedar evaluates every policy it is given. A policy whose scope cannot match (another
+    /// action, `resource is` another type...) neither permits nor forbids nor errs, because its
+    /// scope is conjoined before its conditions; leaving it out changes no decision, reason or
+    /// error, and saves evaluating it.
+    pub fn applicable(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+    ) -> Arc<PolicySet> {
+        let key = (
+            principal.type_name().clone(),
+            action.clone(),
+            resource.type_name().clone(),
+        );
+        let mut cache = self.applicable.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = cache.get(&key) {
+            return set.clone();
+        }
+        let set = Arc::new(self.scope_subset(&key));
+        if cache.len() < MAX_SCOPE_KEYS {
+            cache.insert(key, set.clone());
+        }
+        set
+    }
+
+    fn scope_subset(&self, (ptype, action, rtype): &ScopeKey) -> PolicySet {
+        // The action and its groups; without a schema, groups live in the store and are not
+        // known here, so `action in [...]` scopes are kept.
+        let action_closure: Option<Vec<EntityUid>> = self
+            .actions
+            .get(action)
+            .map(|c| c.iter().map(Entity::uid).collect());
+        let action_ok = |p: &Policy| match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == action,
+            ActionConstraint::In(groups) => match &action_closure {
+                Some(closure) => groups.iter().any(|g| closure.contains(g)),
+                None => true,
+            },
+        };
+        let principal_ok = |p: &Policy| match p.principal_constraint() {
+            PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == ptype,
+            PrincipalConstraint::Eq(u) => u.type_name() == ptype,
+            PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+        };
+        let resource_ok = |p: &Policy| match p.resource_constraint() {
+            ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => &t == rtype,
+            ResourceConstraint::Eq(u) => u.type_name() == rtype,
+            ResourceConstraint::Any | ResourceConstraint::In(_) => true,
+        };
+        let keep = self
+            .policies
+            .policies()
+            .filter(|p| action_ok(p) && principal_ok(p) && resource_ok(p))
+            .cloned();
+        // Ids are unique in the full set, so the subset cannot clash.
+        PolicySet::from_policies(keep).unwrap_or_else(|_| self.policies.clone())
     }
 
     /// Whether `action` is declared by the loaded schema.
@@ -225,6 +299,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         loaded_at: SystemTime::now(),
         actions,
         authorizer: Authorizer::new(),
+        applicable: Mutex::new(HashMap::new()),
     })
 }
 

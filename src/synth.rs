@@ -132,6 +132,52 @@ pub fn entities(shape: Shape, seed: u64) -> impl Iterator<Item = Value> {
     })
 }
 
+/// One request of the load mix, as Cedar uid strings `(principal, action, resource)`: every
+/// rule, allowed and denied, with one principal in ten from another organization.
+pub fn request(rng: &mut Rng, shape: Shape) -> (String, String, String) {
+    let o = rng.below(shape.orgs);
+    let po = if rng.below(10) == 0 && shape.orgs > 1 {
+        (o + 1) % shape.orgs
+    } else {
+        o
+    };
+    let principal = format!("User::\"{}\"", user_id(po, rng.below(shape.users_per_org)));
+    let p = rng.below(shape.projects_per_org);
+    let (resource, actions): (String, &[&str]) = match rng.below(10) {
+        0 => (
+            format!("Organization::\"{}\"", org_id(o)),
+            &[
+                "view_storage",
+                "view_activity",
+                "manage_users",
+                "create_project",
+            ],
+        ),
+        1 | 2 => (
+            format!("Project::\"{}\"", project_id(o, p)),
+            &[
+                "view",
+                "edit",
+                "delete",
+                "share",
+                "add_content",
+                "view_storage",
+            ],
+        ),
+        _ => {
+            let (ty, id) = item(o, p, rng.below(shape.items_per_project));
+            let actions: &[&str] = if ty == "Dataset" {
+                &["view", "view", "edit", "delete", "duplicate"]
+            } else {
+                &["view", "view", "edit", "delete"]
+            };
+            (format!("{ty}::\"{id}\""), actions)
+        }
+    };
+    let action = format!("Action::\"{}\"", actions[rng.below(actions.len())]);
+    (principal, action, resource)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

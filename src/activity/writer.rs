@@ -36,7 +36,9 @@ fn run(mut conn: Connection, shared: &Shared) {
             }
             let deadline = Instant::now() + LINGER;
             while q.records.len() < BATCH && !q.stopping {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
                 q = shared
                     .wake
                     .wait_timeout(q, left)

@@ -36,7 +36,11 @@ impl EntityCache {
 
     pub(super) fn get(&self, uid: &EntityUid) -> Option<Entry> {
         let found = self.entries.get(uid);
-        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
         counter.fetch_add(1, Ordering::Relaxed);
         found
     }

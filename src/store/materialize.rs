@@ -35,7 +35,10 @@ fn type_name(name: &str) -> Option<EntityTypeName> {
 /// A uid from `{"type", "id"}`.
 pub(super) fn uid(value: &Value) -> Option<EntityUid> {
     let ty = type_name(value.get("type")?.as_str()?)?;
-    Some(EntityUid::from_type_name_and_id(ty, EntityId::new(value.get("id")?.as_str()?)))
+    Some(EntityUid::from_type_name_and_id(
+        ty,
+        EntityId::new(value.get("id")?.as_str()?),
+    ))
 }
 
 /// The entity and the uids its attributes and tags refer to; `None` when the JSON holds
@@ -58,7 +61,10 @@ fn uid_of(v: &Value) -> Option<EntityUid> {
     uid(v)
 }
 
-fn fields(map: Option<&Value>, refs: &mut Vec<EntityUid>) -> Option<Vec<(String, RestrictedExpression)>> {
+fn fields(
+    map: Option<&Value>,
+    refs: &mut Vec<EntityUid>,
+) -> Option<Vec<(String, RestrictedExpression)>> {
     match map {
         None => Some(Vec::new()),
         Some(Value::Object(m)) => m
@@ -75,7 +81,10 @@ fn expr(value: &Value, refs: &mut Vec<EntityUid>) -> Option<RestrictedExpression
         Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
         Value::String(s) => RestrictedExpression::new_string(s.clone()),
         Value::Array(items) => RestrictedExpression::new_set(
-            items.iter().map(|v| expr(v, refs)).collect::<Option<Vec<_>>>()?,
+            items
+                .iter()
+                .map(|v| expr(v, refs))
+                .collect::<Option<Vec<_>>>()?,
         ),
         Value::Object(m) => object(m, refs)?,
         Value::Null => return None,
@@ -137,6 +146,8 @@ mod tests {
     fn unusual_forms_are_left_to_cedar() {
         let odd = json!({"uid": {"type": "A", "id": "a"}, "attrs": {"x": {"__extn": {"fn": "offset", "args": []}}}, "parents": []});
         assert!(materialize(&odd).is_none());
-        assert!(materialize(&json!({"uid": {"type": "A", "id": "a"}, "attrs": {"n": 1.5}})).is_none());
+        assert!(
+            materialize(&json!({"uid": {"type": "A", "id": "a"}, "attrs": {"n": 1.5}})).is_none()
+        );
     }
 }
