@@ -191,7 +191,7 @@ fn start_daemon(db: &Path, activity: &str) -> anyhow::Result<(Child, SocketAddr)
     let addr = loop {
         let line = lines.next().context("daemon exited before listening")??;
         if let Some(a) = line.split("addr=").nth(1) {
-            break a.trim().parse()?;
+            break a.split_whitespace().next().unwrap_or("").parse()?;
         }
     };
     std::thread::spawn(move || lines.for_each(drop));

@@ -1,11 +1,11 @@
 //! Command-line arguments. Every flag can also be given as `POLICYD_<FLAG>`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ActivityConfig, Limits, ServeConfig};
+use crate::config::{ActivityConfig, Auth, Limits, ListenAddr, ServeConfig};
 
 /// Cedar authorization sidecar.
 #[derive(Debug, Parser)]
@@ -43,9 +43,33 @@ pub struct ServeArgs {
     /// Directory of *.json entity files imported when the store is empty.
     #[arg(long, env = "POLICYD_ENTITIES", default_value = "entities")]
     pub entities: PathBuf,
-    /// Address to listen on.
+    /// Where to listen: host:port, or unix:/path for a Unix socket (mode 0660).
     #[arg(long, env = "POLICYD_LISTEN", default_value = "127.0.0.1:8180")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    /// File holding the bearer token that writes and admin reads require.
+    #[arg(long, env = "POLICYD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// With a token, still answer decision requests without it.
+    #[arg(long, env = "POLICYD_OPEN_DECISIONS")]
+    pub open_decisions: bool,
+    /// Most entities in one write.
+    #[arg(long, env = "POLICYD_MAX_ENTITIES_PER_WRITE", default_value_t = 10_000)]
+    pub max_entities_per_write: usize,
+    /// Most connections served at once.
+    #[arg(long, env = "POLICYD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Longest a client may take to send its request head (e.g. 10s).
+    #[arg(long, env = "POLICYD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Longest a client may take to send its body.
+    #[arg(long, env = "POLICYD_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Longest a decision may take before it is answered with 503.
+    #[arg(long, env = "POLICYD_DECISION_DEADLINE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub decision_deadline: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
     /// Parsed entities kept in memory for decisions.
     #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value_t = 100_000)]
     pub entity_cache: usize,
@@ -74,17 +98,29 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The daemon configuration these arguments describe.
-    pub fn config(&self) -> ServeConfig {
-        ServeConfig {
+    pub fn config(&self) -> Result<ServeConfig, String> {
+        let auth = match &self.token_file {
+            Some(path) => Auth::from_token_file(path, self.open_decisions)?,
+            None => Auth::default(),
+        };
+        Ok(ServeConfig {
             policies_dir: self.policies.clone(),
             db_path: self.db.clone(),
             entities_dir: self.entities.clone(),
-            listen: self.listen,
+            listen: self.listen.clone(),
+            auth,
             entity_cache: self.entity_cache,
             watch: self.watch,
             limits: Limits {
                 max_body_bytes: self.max_body,
                 max_batch: self.max_batch,
+                max_entities_per_write: self.max_entities_per_write,
+                max_header_bytes: Limits::default().max_header_bytes,
+                header_timeout: self.header_timeout,
+                body_timeout: self.body_timeout,
+                decision_deadline: self.decision_deadline,
+                max_connections: self.max_connections,
+                shutdown_grace: self.shutdown_grace,
             },
             activity: ActivityConfig {
                 enabled: self.activity == "on",
@@ -95,7 +131,7 @@ impl ServeArgs {
                 retention_days: self.activity_retention_days,
                 queue: self.activity_queue,
             },
-        }
+        })
     }
 }
 

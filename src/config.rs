@@ -2,15 +2,30 @@
 //! or a test building it directly).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Bounds on what one request may ask for.
+/// Bounds on what clients may ask of the daemon.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Most requests in one batch.
     pub max_batch: usize,
+    /// Most entities in one write.
+    pub max_entities_per_write: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Longest a client may take to send its request head.
+    pub header_timeout: Duration,
+    /// Longest a client may take to send its body.
+    pub body_timeout: Duration,
+    /// Longest a decision may take before it is answered with 503.
+    pub decision_deadline: Duration,
+    /// Most connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -18,7 +33,84 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 1024 * 1024,
             max_batch: 100,
+            max_entities_per_write: 10_000,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            decision_deadline: Duration::from_secs(2),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Where the daemon listens: a TCP address, or a Unix domain socket (`unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// A Unix domain socket at this path (created with mode 0660).
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            Some(_) => Err("unix: needs a socket path, like unix:/run/policyd.sock".to_owned()),
+            None => s
+                .parse()
+                .map(ListenAddr::Tcp)
+                .map_err(|e| format!("`{s}` is neither host:port nor unix:/path ({e})")),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Who may call what.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// The bearer token required by state-changing and admin routes; `None`: no token.
+    pub token: Option<Vec<u8>>,
+    /// Whether decision routes are open without the token.
+    pub open_decisions: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("open_decisions", &self.open_decisions)
+            .finish()
+    }
+}
+
+impl Auth {
+    /// Reads the token from a file (surrounding white space trimmed); refuses a short one.
+    pub fn from_token_file(path: &Path, open_decisions: bool) -> Result<Auth, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(format!(
+                "token in {} is shorter than 16 characters",
+                path.display()
+            ));
+        }
+        Ok(Auth {
+            token: Some(token.as_bytes().to_vec()),
+            open_decisions,
+        })
     }
 }
 
@@ -31,8 +123,10 @@ pub struct ServeConfig {
     pub db_path: PathBuf,
     /// Directory of `*.json` entity files seeded into an empty store.
     pub entities_dir: PathBuf,
-    /// Address to listen on.
-    pub listen: SocketAddr,
+    /// Where to listen.
+    pub listen: ListenAddr,
+    /// Who may call what.
+    pub auth: Auth,
     /// Parsed entities kept in memory.
     pub entity_cache: usize,
     /// Reload when the policy directory changes.

@@ -158,6 +158,7 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         snapshot,
         store,
         config.limits.clone(),
+        config.auth.clone(),
         Reloader::new(&config.policies_dir),
         activity,
     ))

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config().map_err(anyhow::Error::msg)?;
     let state = daemon::open(&config).map_err(|e| match e {
         daemon::StartError::Policies(load) => anyhow::anyhow!(
             "refusing to serve invalid policies:\n{}",
@@ -51,11 +51,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let listener = server::Listener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "policyd listening");
+        let addr = listener.describe();
+        let token = config.auth.token.is_some();
+        tracing::info!(%addr, token, open_decisions = config.auth.open_decisions, "policyd listening");
         daemon::spawn_background(&state, &config);
         server::run(listener, state.clone(), shutdown::signal()).await;
         daemon::finish(&state).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::activity::ActivityLog;
-use crate::config::Limits;
+use crate::config::{Auth, Limits};
 use crate::policy::PolicySnapshot;
 use crate::reload::Reloader;
 use crate::store::Store;
@@ -19,6 +19,8 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Request limits.
     pub limits: Limits,
+    /// Who may call what.
+    pub auth: Auth,
     /// Reloads the policies and reports the last attempt.
     pub reloader: Reloader,
     /// Entity writes hold it shared from validation to commit; a reload that changes the
@@ -35,6 +37,7 @@ impl AppState {
         snapshot: PolicySnapshot,
         store: Store,
         limits: Limits,
+        auth: Auth,
         reloader: Reloader,
         activity: ActivityLog,
     ) -> Arc<Self> {
@@ -42,6 +45,7 @@ impl AppState {
             policies: ArcSwap::from_pointee(snapshot),
             store: Arc::new(store),
             limits,
+            auth,
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),

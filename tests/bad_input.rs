@@ -498,6 +498,7 @@ fn invalid_policies_refuse_to_start() {
             db_path: tmp.path().join("db"),
             entities_dir: common::repo_entities(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            auth: Default::default(),
             entity_cache: 10,
             watch: false,
             limits: Default::default(),

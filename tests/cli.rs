@@ -43,7 +43,7 @@ fn spawn_serve_with(
         .arg(repo_entities())
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
-    if !extra_env.iter().any(|(k, _)| *k == "POLICYD_LISTEN") {
+    if !extra_env.iter().any(|(k, _)| *k == "POLICYD_LISTEN") && !args.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
     }
     for (k, v) in extra_env {
@@ -55,14 +55,19 @@ fn spawn_serve_with(
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
             }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("serve did not log its address");
-    (child, addr.parse().unwrap())
+    // A Unix socket logs `unix:/path`; callers that use it do not need a TCP address.
+    (
+        child,
+        addr.parse()
+            .unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap()),
+    )
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {
@@ -422,4 +427,34 @@ fn activity_prints_the_trail() {
             && text.contains("shared.content"),
         "{text}"
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn serves_on_a_unix_socket_with_mode_0660() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("policyd.sock");
+    let listen = format!("unix:{}", socket.display());
+    let (mut child, _) = spawn_serve_with(
+        &tmp.path().join("db"),
+        &repo_policies(),
+        &["--listen", &listen],
+        &[],
+    );
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    signal(&child, "TERM");
+    assert!(wait(&mut child).success());
+    assert!(!socket.exists(), "the socket file is removed on exit");
 }

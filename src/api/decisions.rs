@@ -15,12 +15,43 @@ use crate::state::AppState;
 
 const REQUEST_FIELDS: &[&str] = &["principal", "action", "resource", "context"];
 
+/// Parses and validates a single decision request body.
+pub fn parse_single(snapshot: &PolicySnapshot, body: &[u8]) -> Result<Query, ApiError> {
+    query(snapshot, json::parse(body)?, "")
+}
+
+/// Parses and validates a batch body of at most `max` requests.
+pub fn parse_batch(
+    snapshot: &PolicySnapshot,
+    body: &[u8],
+    max: usize,
+) -> Result<Vec<Query>, ApiError> {
+    let mut map = json::object(json::parse(body)?, "the body")?;
+    json::deny_unknown(&map, &["requests"], "")?;
+    let Some(Value::Array(items)) = map.remove("requests") else {
+        return Err(ApiError::InvalidField {
+            field: "requests".to_owned(),
+            message: "must be an array of decision requests".to_owned(),
+        });
+    };
+    if items.len() > max {
+        return Err(ApiError::BatchTooLarge {
+            got: items.len(),
+            max,
+        });
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| query(snapshot, item, &format!("requests[{i}]")))
+        .collect()
+}
+
 /// One decision.
 pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
-    let query = query(&snapshot, json::parse(body)?, "")?;
-    let decided =
-        engine::decide_all_async(state.store.clone(), snapshot.clone(), vec![query]).await?;
+    let query = parse_single(&snapshot, body)?;
+    let decided = decide(state, &snapshot, vec![query]).await?;
     let result = answer(state, &snapshot, &decided)
         .into_iter()
         .next()
@@ -30,32 +61,29 @@ pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bod
 
 /// Up to `max_batch` decisions on one snapshot and one entity slice, answered in order.
 pub async fn batch(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
-    let mut map = json::object(json::parse(body)?, "the body")?;
-    json::deny_unknown(&map, &["requests"], "")?;
-    let Some(Value::Array(items)) = map.remove("requests") else {
-        return Err(ApiError::InvalidField {
-            field: "requests".to_owned(),
-            message: "must be an array of decision requests".to_owned(),
-        });
-    };
-    if items.len() > state.limits.max_batch {
-        return Err(ApiError::BatchTooLarge {
-            got: items.len(),
-            max: state.limits.max_batch,
-        });
-    }
     let snapshot = state.snapshot();
-    let queries = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| query(&snapshot, item, &format!("requests[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let decided = engine::decide_all_async(state.store.clone(), snapshot.clone(), queries).await?;
+    let queries = parse_batch(&snapshot, body, state.limits.max_batch)?;
+    let decided = decide(state, &snapshot, queries).await?;
     let results = answer(state, &snapshot, &decided);
     Ok(json::respond(
         StatusCode::OK,
         &json!({ "results": results }),
     ))
+}
+
+/// Decides within the deadline: a decision that cannot finish in time is a 503, never a hang
+/// and never an Allow.
+async fn decide(
+    state: &AppState,
+    snapshot: &Arc<PolicySnapshot>,
+    queries: Vec<Query>,
+) -> Result<Vec<(Query, engine::Outcome)>, ApiError> {
+    let deadline = state.limits.decision_deadline;
+    let work = engine::decide_all_async(state.store.clone(), snapshot.clone(), queries);
+    match tokio::time::timeout(deadline, work).await {
+        Ok(decided) => Ok(decided?),
+        Err(_) => Err(ApiError::DeadlineExceeded(deadline)),
+    }
 }
 
 /// Records each decision in the activity log and renders it with its `decision_id` (null when
@@ -87,7 +115,7 @@ fn answer(
 }
 
 /// Parses and validates one decision request found at `at` in the body.
-fn query(snapshot: &Arc<PolicySnapshot>, value: Value, at: &str) -> Result<Query, ApiError> {
+fn query(snapshot: &PolicySnapshot, value: Value, at: &str) -> Result<Query, ApiError> {
     let what = if at.is_empty() { "the body" } else { at };
     let map = json::object(value, what)?;
     json::deny_unknown(&map, REQUEST_FIELDS, at)?;

@@ -16,6 +16,14 @@ use crate::store::{Store, StoreError};
 /// Validates every entity against the schema, then writes them all in one transaction.
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let value = json::parse(body)?;
+    if let Some(items) = value.as_array()
+        && items.len() > state.limits.max_entities_per_write
+    {
+        return Err(ApiError::TooManyEntities {
+            got: items.len(),
+            max: state.limits.max_entities_per_write,
+        });
+    }
     // Held until the commit: a reload that changes the schema waits for this write to land
     // (and then checks it) or runs first (and this write is validated against its schema).
     let _gate = state.write_gate.read().await;

@@ -72,6 +72,26 @@ pub enum ApiError {
     /// An idempotency key was reused with different parameters.
     #[error("{0}")]
     IdempotencyConflict(String),
+    /// The route needs the bearer token.
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    /// The body is not declared as JSON.
+    #[error("content type must be application/json, not {0}")]
+    UnsupportedMediaType(String),
+    /// The client took too long to send its body.
+    #[error("request body not received within {0:?}")]
+    RequestTimeout(std::time::Duration),
+    /// A decision did not finish in time; never an Allow.
+    #[error("decision did not finish within {0:?}")]
+    DeadlineExceeded(std::time::Duration),
+    /// A write holds more entities than allowed.
+    #[error("write holds {got} entities; the limit is {max}")]
+    TooManyEntities {
+        /// Entities submitted.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
     /// No such route or entity.
     #[error("{0}")]
     NotFound(String),
@@ -129,6 +149,15 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::InvalidPolicies { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_policies")
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::DeadlineExceeded(_) => (StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded"),
+            ApiError::TooManyEntities { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_many_entities")
             }
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::QuotaExceeded { .. } => (StatusCode::CONFLICT, "quota_exceeded"),

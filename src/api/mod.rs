@@ -20,6 +20,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::state::AppState;
 use crate::store::Store;
+pub use decisions::{parse_batch as parse_batch_request, parse_single as parse_decision_request};
 pub use error::ApiError;
 pub use json::Body;
 
@@ -36,38 +37,106 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             } else {
                 tracing::debug!(%method, %path, code, error = %err, "request refused");
             }
-            json::respond(status, &err.body())
+            let mut resp = json::respond(status, &err.body());
+            if matches!(err, ApiError::Unauthorized) {
+                resp.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            resp
         }
     }
+}
+
+/// Who may call a route.
+enum Surface {
+    /// Health probes: always open.
+    Health,
+    /// Decisions: open when `--open-decisions`, else like admin.
+    Decision,
+    /// Everything that changes state or reads admin data.
+    Admin,
+}
+
+fn surface(segs: &[&str]) -> Surface {
+    match segs {
+        ["healthz"] | ["readyz"] => Surface::Health,
+        ["v1", "is_authorized", ..] => Surface::Decision,
+        _ => Surface::Admin,
+    }
+}
+
+/// Checks the bearer token in constant time, when one is configured.
+fn authorize(state: &AppState, req: &Request<Incoming>, segs: &[&str]) -> Result<(), ApiError> {
+    let Some(token) = &state.auth.token else {
+        return Ok(());
+    };
+    match surface(segs) {
+        Surface::Health => return Ok(()),
+        Surface::Decision if state.auth.open_decisions => return Ok(()),
+        Surface::Decision | Surface::Admin => {}
+    }
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(given, token.as_slice())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Reads a JSON body within the size and time limits.
+async fn body(state: &AppState, req: Request<Incoming>) -> Result<hyper::body::Bytes, ApiError> {
+    if let Some(ct) = req.headers().get(hyper::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("(not text)");
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType(ct.to_owned()));
+        }
+    }
+    let limits = &state.limits;
+    tokio::time::timeout(
+        limits.body_timeout,
+        json::read_body(req, limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| ApiError::RequestTimeout(limits.body_timeout))?
 }
 
 async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let segments = segments(req.uri().path())?;
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    authorize(state, &req, &segs)?;
     let method = req.method().clone();
-    let limit = state.limits.max_body_bytes;
     match (segs.as_slice(), &method) {
         (["healthz"], &Method::GET) => Ok(health::healthz()),
         (["readyz"], &Method::GET) => health::readyz(state).await,
         (["v1", "policies"], &Method::GET) => Ok(policies::status(state)),
         (["v1", "policies", "reload"], &Method::POST) => policies::reload(state).await,
         (["v1", "is_authorized"], &Method::POST) => {
-            decisions::single(state, &json::read_body(req, limit).await?).await
+            decisions::single(state, &body(state, req).await?).await
         }
         (["v1", "is_authorized", "batch"], &Method::POST) => {
-            decisions::batch(state, &json::read_body(req, limit).await?).await
+            decisions::batch(state, &body(state, req).await?).await
         }
-        (["v1", "entities"], &Method::PUT) => {
-            entities::put(state, &json::read_body(req, limit).await?).await
-        }
+        (["v1", "entities"], &Method::PUT) => entities::put(state, &body(state, req).await?).await,
         (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
         (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
         (["v1", "activity"], &Method::GET) => activity::list(state, req.uri().query()).await,
         (["v1", "storage", "check"], &Method::POST) => {
-            storage::check(state, &json::read_body(req, limit).await?).await
+            storage::check(state, &body(state, req).await?).await
         }
         (["v1", "storage", "reservations"], &Method::POST) => {
-            storage::reserve(state, &json::read_body(req, limit).await?).await
+            storage::reserve(state, &body(state, req).await?).await
         }
         (["v1", "storage", "reservations", id], &Method::DELETE) => {
             storage::release(state, id).await

@@ -71,12 +71,62 @@ pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>,
             message: "expected a JSON array of Cedar entities".to_owned(),
         });
     };
-    let mut seen = HashSet::new();
+    // Validation is pure CPU and dominates large writes: split it across the cores.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = items.len().div_ceil(workers).max(512);
+    let parsed: Vec<Result<Vec<Record>, EntityError>> = if items.len() <= chunk {
+        vec![parse_items(&items, 0, schema)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .enumerate()
+                .map(|(i, part)| scope.spawn(move || parse_items(part, i * chunk, schema)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(EntityError {
+                            index: 0,
+                            uid: None,
+                            message: "entity validation failed unexpectedly".to_owned(),
+                        })
+                    })
+                })
+                .collect()
+        })
+    };
     let mut out = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        let uid_hint = item
-            .get("uid")
-            .and_then(|u| EntityUid::from_json(u.clone()).ok());
+    let mut seen = HashSet::new();
+    // Chunks are in order, so the first error met is the first offending entity.
+    for part in parsed {
+        for record in part? {
+            if !seen.insert(record.uid.clone()) {
+                return Err(EntityError {
+                    index: out.len(),
+                    uid: Some(record.uid.to_string()),
+                    message: "the same entity appears twice in this write".to_owned(),
+                });
+            }
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+/// Validates and encodes `items`, the first of which is at `offset` in the write.
+fn parse_items(
+    items: &[Value],
+    offset: usize,
+    schema: Option<&Schema>,
+) -> Result<Vec<Record>, EntityError> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let index = offset + i;
+        let uid_hint = item.get("uid").and_then(super::materialize::uid);
         let fail = |message: String| EntityError {
             index,
             uid: uid_hint.as_ref().map(ToString::to_string),
@@ -89,13 +139,8 @@ pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>,
                 "action entities are defined by the schema and cannot be written".to_owned(),
             ));
         }
-        let entity = Entity::from_json_value(item, schema).map_err(|e| fail(error_chain(&e)))?;
-        let uid = entity.uid();
-        if !seen.insert(uid.clone()) {
-            return Err(fail(
-                "the same entity appears twice in this write".to_owned(),
-            ));
-        }
+        let entity =
+            Entity::from_json_value(item.clone(), schema).map_err(|e| fail(error_chain(&e)))?;
         out.push(encode(&entity).map_err(fail)?);
     }
     Ok(out)

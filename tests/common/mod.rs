@@ -45,6 +45,7 @@ pub struct Setup {
     pub watch: bool,
     pub activity: bool,
     pub activity_queue: usize,
+    pub auth: policyd::config::Auth,
 }
 
 impl Default for Setup {
@@ -57,6 +58,7 @@ impl Default for Setup {
             watch: true,
             activity: true,
             activity_queue: 65_536,
+            auth: Default::default(),
         }
     }
 }
@@ -93,6 +95,7 @@ impl Daemon {
                 .entities
                 .unwrap_or_else(|| dir.path().join("no-entities")),
             listen: "127.0.0.1:0".parse().unwrap(),
+            auth: setup.auth,
             entity_cache: setup.entity_cache,
             watch: setup.watch,
             limits: setup.limits,
@@ -103,7 +106,7 @@ impl Daemon {
             },
         };
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
-        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         policyd::daemon::spawn_background(&state, &config);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -134,33 +137,38 @@ impl Daemon {
     /// Sends raw bytes with a method and path; returns the status and the JSON body (Null when
     /// the body is empty).
     pub async fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        Client(self.addr).call(method, path, body).await
+    }
+
+    /// Sends a request with extra headers; returns the status, the headers and the JSON body.
+    pub async fn with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, hyper::HeaderMap, Value) {
         let stream = TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "policyd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .header("host", "policyd");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
             .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status();
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!(
-                    "response is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        (status, value)
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, value)
     }
 
     /// Sends JSON (or no body).
@@ -211,6 +219,42 @@ impl Daemon {
             StatusCode::NOT_FOUND => None,
             other => panic!("GET {path}: {other} {body}"),
         }
+    }
+}
+
+/// A client for a daemon at an address.
+pub struct Client(pub SocketAddr);
+
+impl Client {
+    /// Sends raw bytes as JSON; returns the status and the JSON body (Null when empty).
+    pub async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let stream = TcpStream::connect(self.0).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "policyd")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "response is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, value)
     }
 }
 

@@ -85,7 +85,14 @@ impl Dirty {
              WHERE EXISTS (SELECT 1 FROM entities e WHERE e.etype = t AND e.eid = i AND e.size IS NOT NULL)
                 OR EXISTS (SELECT 1 FROM contributions c WHERE c.itype = t AND c.iid = i)",
         )?;
+        let mut has_children =
+            conn.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
         for root in &self.subtrees {
+            // Most writes are leaves (items, users): then the root is the only item to re-count.
+            if !has_children.exists(params![root.0, root.1])? {
+                items.insert(root.clone());
+                continue;
+            }
             let rows =
                 descendants.query_map(params![root.0, root.1], |r| Ok((r.get(0)?, r.get(1)?)))?;
             for row in rows {
@@ -112,8 +119,10 @@ fn recount(conn: &Connection, item: &Key) -> Result<(), StoreError> {
     for (atype, aid, bytes) in &previous {
         add_total(conn, atype, aid, &item.0, -1, -bytes)?;
     }
-    conn.prepare_cached("DELETE FROM contributions WHERE itype = ?1 AND iid = ?2")?
-        .execute(params![item.0, item.1])?;
+    if !previous.is_empty() {
+        conn.prepare_cached("DELETE FROM contributions WHERE itype = ?1 AND iid = ?2")?
+            .execute(params![item.0, item.1])?;
+    }
 
     let size: Option<i64> = conn
         .prepare_cached("SELECT size FROM entities WHERE etype = ?1 AND eid = ?2")?
@@ -164,10 +173,13 @@ fn add_total(
          SET items = items + excluded.items, bytes = bytes + excluded.bytes",
     )?
     .execute(params![atype, aid, itype, items, bytes])?;
-    conn.prepare_cached(
-        "DELETE FROM totals WHERE atype = ?1 AND aid = ?2 AND itype = ?3 AND items = 0",
-    )?
-    .execute(params![atype, aid, itype])?;
+    // Only a subtraction can empty a counter.
+    if items < 0 {
+        conn.prepare_cached(
+            "DELETE FROM totals WHERE atype = ?1 AND aid = ?2 AND itype = ?3 AND items = 0",
+        )?
+        .execute(params![atype, aid, itype])?;
+    }
     Ok(())
 }
 

@@ -249,9 +249,12 @@ impl EntityStore for SqliteStore {
                  )
                  SELECT 1 FROM up WHERE t = ?1 AND i = ?2 LIMIT 1",
             )?;
+            let mut has_children =
+                tx.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
             for r in records.iter().filter(|r| !r.parents.is_empty()) {
                 let (ty, id) = key(&r.uid);
-                if cyclic.exists(params![ty, id])? {
+                // Only an entity something points to can be on a cycle.
+                if has_children.exists(params![ty, id])? && cyclic.exists(params![ty, id])? {
                     return Err(StoreError::Cycle(r.uid.to_string()));
                 }
             }
