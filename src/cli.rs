@@ -71,7 +71,7 @@ pub struct ServeArgs {
     #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// Parsed entities kept in memory for decisions.
-    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value_t = 100_000)]
+    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value_t = 50_000)]
     pub entity_cache: usize,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "POLICYD_MAX_BODY", default_value_t = 1024 * 1024)]

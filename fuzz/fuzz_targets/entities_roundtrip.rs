@@ -9,12 +9,18 @@ use policyd::policy::{PolicySnapshot, load_dir};
 use policyd::store::sqlite::SqliteStore;
 use policyd::store::{EntityStore, codec};
 
-static SNAPSHOT: LazyLock<PolicySnapshot> =
-    LazyLock::new(|| load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")).expect("bundled policies"));
+static SNAPSHOT: LazyLock<PolicySnapshot> = LazyLock::new(|| {
+    load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+        .expect("bundled policies")
+});
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return };
-    let Ok(records) = codec::parse_batch(value, SNAPSHOT.schema.as_ref()) else { return };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let Ok(records) = codec::parse_batch(value, SNAPSHOT.schema.as_ref()) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteStore::open(&dir.path().join("db")).expect("store");
     if store.upsert(&records).is_err() {

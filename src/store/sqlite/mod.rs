@@ -87,6 +87,9 @@ const ACCOUNTING_MIGRATION: usize = 2;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Read connections kept open between uses.
+const MAX_IDLE_READERS: usize = 8;
+
 /// An entity store in one SQLite file.
 pub struct SqliteStore {
     path: String,
@@ -140,10 +143,11 @@ impl SqliteStore {
             }
         };
         let result = f(&conn);
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        // Each connection has its own page cache: keep a few, let bursts' extras close.
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
         result
     }
 
