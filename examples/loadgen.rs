@@ -263,7 +263,7 @@ async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<St
                         if let Some(wait) = next.checked_duration_since(Instant::now()) {
                             tokio::time::sleep(wait).await;
                         }
-                        next - iv
+                        next
                     }
                     None => Instant::now(),
                 };
