@@ -2,23 +2,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{policy_dir, repo_entities, repo_policies};
 
 fn policyd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_policyd"));
-    cmd.env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("POLICYD_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
+    common::policyd_command()
 }
 
 /// Starts `serve` on a random port and returns the child and the address it logged.
@@ -40,34 +32,19 @@ fn spawn_serve_with(
         .arg("--policies")
         .arg(policies)
         .arg("--entities")
-        .arg(repo_entities())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null());
+        .arg(repo_entities());
     if !extra_env.iter().any(|(k, _)| *k == "POLICYD_LISTEN") && !args.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
     }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("serve did not log its address");
+    let (child, addr) = common::spawn_logged(&mut cmd);
     // A Unix socket logs `unix:/path`; callers that use it do not need a TCP address.
-    (
-        child,
-        addr.parse()
-            .unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap()),
-    )
+    let addr = addr
+        .parse()
+        .unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap());
+    (child, addr)
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {

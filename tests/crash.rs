@@ -1,38 +1,29 @@
 //! Crash safety: SIGKILL during concurrent entity writes and reservations loses nothing that was
 //! acknowledged, and the database stays intact.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn serve(db: &Path) -> (Child, SocketAddr) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_policyd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--watch", "false"])
-        .arg("--db")
-        .arg(db)
-        .arg("--policies")
-        .arg(root.join("policies"))
-        .arg("--entities")
-        .arg(root.join("entities"))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("daemon exited").unwrap();
-        if let Some(a) = line.split("addr=").nth(1) {
-            break a.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    let (child, addr) = common::spawn_logged(
+        common::policyd_command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--watch", "false"])
+            .arg("--db")
+            .arg(db)
+            .arg("--policies")
+            .arg(root.join("policies"))
+            .arg("--entities")
+            .arg(root.join("entities")),
+    );
+    (child, addr.parse().unwrap())
 }
 
 /// One request on a fresh connection; `None` when the daemon is gone mid-way.

@@ -283,3 +283,39 @@ pub fn policy_dir(files: &[(&str, &str)]) -> TempDir {
     }
     dir
 }
+
+/// The `policyd` binary, with the test runner's `RUST_LOG` and `POLICYD_*` variables removed so
+/// only what a test sets applies.
+pub fn policyd_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_policyd"));
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("POLICYD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Spawns `policyd serve` and waits for the address it logs (`127.0.0.1:port` or `unix:/path`).
+pub fn spawn_logged(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("serve did not log its address");
+    (child, addr)
+}
