@@ -2,7 +2,8 @@
 //! SQLite.
 //!
 //! # Layout
-//! - [`policy`]: load, validate and snapshot the Cedar policies and schema of a directory.
+//! - [`policy`]: load, validate and snapshot the Cedar policies and schema of a directory;
+//!   its `scope` submodule picks the policies a request shape can match.
 //! - [`reload`]: hot reload (directory watcher, SIGHUP, API), coalesced, never half-applied.
 //! - [`authz`]: the pure decision core, (request, snapshot, entities) -> decision.
 //! - [`store`]: the entity store interface, its SQLite backend, the parsed-entity cache and

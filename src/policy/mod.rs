@@ -6,18 +6,22 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Effect, Entity, EntityTypeName, EntityUid, Policy, PolicyId,
-    PolicySet, PrincipalConstraint, ResourceConstraint, Schema, ValidationMode, Validator,
+    Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
 };
-use miette::Diagnostic;
 use sha2::{Digest, Sha256};
+
+mod errors;
+pub mod scope;
+
+pub use errors::{LoadError, SourceError};
+use errors::{diagnostic_errors, file_error};
 
 /// Deepest attribute chain a schema-validated policy set may dereference. Cedar proves the actual
 /// depth of a set (see [`PolicySnapshot::deref_depth`]); this only bounds the search for it.
@@ -64,16 +68,9 @@ pub struct PolicySnapshot {
     /// Each schema action with its action-group ancestors, ready to join a decision's entities.
     actions: HashMap<EntityUid, Vec<Entity>>,
     authorizer: Authorizer,
-    /// The policies whose scope can match each (principal type, action, resource type) seen.
-    applicable: Mutex<HashMap<ScopeKey, Arc<PolicySet>>>,
+    /// The policies whose scope can match each request shape seen.
+    scopes: scope::Scopes,
 }
-
-/// What a policy's scope can be tested against before evaluation.
-type ScopeKey = (EntityTypeName, EntityUid, EntityTypeName);
-
-/// Most distinct scope keys remembered; beyond it (types without a schema are unbounded),
-/// subsets are computed per request.
-const MAX_SCOPE_KEYS: usize = 4096;
 
 impl fmt::Debug for PolicySnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,126 +97,21 @@ impl PolicySnapshot {
         self.actions.get(action).map(Vec::as_slice)
     }
 
-    /// The policies that can apply to a request of these principal, action and resource.
-    ///
-    /// Cedar evaluates every policy it is given. A policy whose scope cannot match (another
-    /// action, `resource is` another type...) neither permits nor forbids nor errs, because its
-    /// scope is conjoined before its conditions; leaving it out changes no decision, reason or
-    /// error, and saves evaluating it.
+    /// The policies that can apply to a request of these principal, action and resource (see
+    /// [`scope`]).
     pub fn applicable(
         &self,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
     ) -> Arc<PolicySet> {
-        let key = (
-            principal.type_name().clone(),
-            action.clone(),
-            resource.type_name().clone(),
-        );
-        let mut cache = self.applicable.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = cache.get(&key) {
-            return set.clone();
-        }
-        let set = Arc::new(self.scope_subset(&key));
-        if cache.len() < MAX_SCOPE_KEYS {
-            cache.insert(key, set.clone());
-        }
-        set
-    }
-
-    fn scope_subset(&self, (ptype, action, rtype): &ScopeKey) -> PolicySet {
-        // The action and its groups; without a schema, groups live in the store and are not
-        // known here, so `action in [...]` scopes are kept.
-        let action_closure: Option<Vec<EntityUid>> = self
-            .actions
-            .get(action)
-            .map(|c| c.iter().map(Entity::uid).collect());
-        let action_ok = |p: &Policy| match p.action_constraint() {
-            ActionConstraint::Any => true,
-            ActionConstraint::Eq(a) => &a == action,
-            ActionConstraint::In(groups) => match &action_closure {
-                Some(closure) => groups.iter().any(|g| closure.contains(g)),
-                None => true,
-            },
-        };
-        let principal_ok = |p: &Policy| match p.principal_constraint() {
-            PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == ptype,
-            PrincipalConstraint::Eq(u) => u.type_name() == ptype,
-            PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
-        };
-        let resource_ok = |p: &Policy| match p.resource_constraint() {
-            ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => &t == rtype,
-            ResourceConstraint::Eq(u) => u.type_name() == rtype,
-            ResourceConstraint::Any | ResourceConstraint::In(_) => true,
-        };
-        let keep = self
-            .policies
-            .policies()
-            .filter(|p| action_ok(p) && principal_ok(p) && resource_ok(p))
-            .cloned();
-        // Ids are unique in the full set, so the subset cannot clash.
-        PolicySet::from_policies(keep).unwrap_or_else(|_| self.policies.clone())
+        self.scopes
+            .applicable(&self.policies, &self.actions, principal, action, resource)
     }
 
     /// Whether `action` is declared by the loaded schema.
     pub fn declares_action(&self, action: &EntityUid) -> bool {
         self.actions.contains_key(action)
-    }
-}
-
-/// A problem in one policy source, located as precisely as Cedar reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceError {
-    /// File name relative to the policy directory (empty for directory-level problems).
-    pub file: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for SourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.file.is_empty(), self.line, self.column) {
-            (true, _, _) => write!(f, "{}", self.message),
-            (false, Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
-            (false, Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
-            _ => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-/// Why a policy directory could not be turned into a snapshot.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The directory itself could not be listed.
-    #[error("cannot read policy directory {}: {source}", path.display())]
-    ReadDir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// One or more sources failed to read, parse or validate; nothing was loaded.
-    #[error("policy sources are invalid ({} error(s))", .0.len())]
-    Invalid(Vec<SourceError>),
-}
-
-impl LoadError {
-    /// Every problem, one per line-able entry.
-    pub fn errors(&self) -> Vec<SourceError> {
-        match self {
-            LoadError::ReadDir { .. } => vec![SourceError {
-                file: String::new(),
-                line: None,
-                column: None,
-                message: self.to_string(),
-            }],
-            LoadError::Invalid(errs) => errs.clone(),
-        }
     }
 }
 
@@ -299,7 +191,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         loaded_at: SystemTime::now(),
         actions,
         authorizer: Authorizer::new(),
-        applicable: Mutex::new(HashMap::new()),
+        scopes: scope::Scopes::default(),
     })
 }
 
@@ -511,65 +403,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn file_error(file: &str, message: String) -> SourceError {
-    SourceError {
-        file: file.to_owned(),
-        line: None,
-        column: None,
-        message,
-    }
-}
-
-/// Turns a Cedar diagnostic (and its related diagnostics) into located errors.
-fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<SourceError> {
-    let mut out = Vec::new();
-    let related: Vec<&dyn Diagnostic> = diag.related().map(|r| r.collect()).unwrap_or_default();
-    let all: Vec<&dyn Diagnostic> = if related.is_empty() {
-        vec![diag]
-    } else {
-        related
-    };
-    for d in all {
-        let offset = d
-            .labels()
-            .and_then(|mut labels| labels.next())
-            .map(|l| l.offset());
-        let (line, column) = match offset {
-            Some(o) => {
-                let (l, c) = line_col(text, o);
-                (Some(l), Some(c))
-            }
-            None => (None, None),
-        };
-        let mut message = d.to_string();
-        if let Some(help) = d.help() {
-            message.push_str(&format!(" ({help})"));
-        }
-        out.push(SourceError {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        });
-    }
-    out
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
-    (line, column)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,11 +478,5 @@ mod tests {
         let second = load_dir(dir.path()).unwrap().revision;
         assert_ne!(first, second);
         assert_eq!(first.len(), 64);
-    }
-
-    #[test]
-    fn line_col_counts_chars() {
-        assert_eq!(line_col("ab\ncé", 6), (2, 3));
-        assert_eq!(line_col("", 0), (1, 1));
     }
 }

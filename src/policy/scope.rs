@@ -1,0 +1,91 @@
+//! Policy scoping: which policies can apply to a request shape, so Cedar evaluates only those.
+//!
+//! Cedar evaluates every policy it is given. A policy whose scope cannot match (another action,
+//! `resource is` another type...) neither permits nor forbids nor errs, because its scope is
+//! conjoined before its conditions; leaving it out changes no decision, reason or error, and
+//! saves evaluating it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cedar_policy::{
+    ActionConstraint, Entity, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ResourceConstraint,
+};
+
+/// What a policy's scope can be tested against before evaluation.
+type ScopeKey = (EntityTypeName, EntityUid, EntityTypeName);
+
+/// Most distinct scope keys remembered; beyond it (types without a schema are unbounded),
+/// subsets are computed per request.
+const MAX_SCOPE_KEYS: usize = 4096;
+
+/// The policy subsets of one snapshot, computed on first use per request shape.
+#[derive(Default)]
+pub struct Scopes {
+    subsets: Mutex<HashMap<ScopeKey, Arc<PolicySet>>>,
+}
+
+impl Scopes {
+    /// The policies of `policies` whose scope can match this principal, action and resource.
+    /// `actions` maps each schema action to itself and its groups (empty without a schema).
+    pub fn applicable(
+        &self,
+        policies: &PolicySet,
+        actions: &HashMap<EntityUid, Vec<Entity>>,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+    ) -> Arc<PolicySet> {
+        let key = (
+            principal.type_name().clone(),
+            action.clone(),
+            resource.type_name().clone(),
+        );
+        let mut cache = self.subsets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = cache.get(&key) {
+            return set.clone();
+        }
+        let set = Arc::new(subset(policies, actions, &key));
+        if cache.len() < MAX_SCOPE_KEYS {
+            cache.insert(key, set.clone());
+        }
+        set
+    }
+}
+
+fn subset(
+    policies: &PolicySet,
+    actions: &HashMap<EntityUid, Vec<Entity>>,
+    (ptype, action, rtype): &ScopeKey,
+) -> PolicySet {
+    // The action and its groups; without a schema, groups live in the store and are not
+    // known here, so `action in [...]` scopes are kept.
+    let action_closure: Option<Vec<EntityUid>> = actions
+        .get(action)
+        .map(|c| c.iter().map(Entity::uid).collect());
+    let action_ok = |p: &Policy| match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => &a == action,
+        ActionConstraint::In(groups) => match &action_closure {
+            Some(closure) => groups.iter().any(|g| closure.contains(g)),
+            None => true,
+        },
+    };
+    let principal_ok = |p: &Policy| match p.principal_constraint() {
+        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == ptype,
+        PrincipalConstraint::Eq(u) => u.type_name() == ptype,
+        PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+    };
+    let resource_ok = |p: &Policy| match p.resource_constraint() {
+        ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => &t == rtype,
+        ResourceConstraint::Eq(u) => u.type_name() == rtype,
+        ResourceConstraint::Any | ResourceConstraint::In(_) => true,
+    };
+    let keep = policies
+        .policies()
+        .filter(|p| action_ok(p) && principal_ok(p) && resource_ok(p))
+        .cloned();
+    // Ids are unique in the full set, so the subset cannot clash.
+    PolicySet::from_policies(keep).unwrap_or_else(|_| policies.clone())
+}
