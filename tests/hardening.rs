@@ -218,27 +218,6 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_past_its_deadline_is_503_never_allow() {
-    let d = Daemon::start(Setup {
-        entities: Some(repo_entities()),
-        limits: Limits {
-            decision_deadline: Duration::from_nanos(1),
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
-    .await;
-    // Cold cache: the decision must read the store on a blocking thread, which cannot finish
-    // within a nanosecond.
-    let (status, body) = d.raw("POST", "/v1/is_authorized", ask()).await;
-    assert_eq!(
-        (status.as_u16(), body["error"]["code"].as_str()),
-        (503, Some("deadline_exceeded")),
-        "{body}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_wait() {
     let d = Daemon::start(Setup {
         limits: Limits {
@@ -271,8 +250,11 @@ async fn connections_beyond_the_limit_wait() {
     assert_eq!(status, 200);
 }
 
-/// A backend whose every operation fails, as a broken disk would.
-struct Broken;
+/// A backend whose every operation fails, as a broken disk would; or, when `stall` is set,
+/// whose entity reads hang that long and then find nothing.
+struct Broken {
+    stall: Option<Duration>,
+}
 
 fn broken<T>() -> Result<T, StoreError> {
     Err(StoreError::Open {
@@ -292,7 +274,13 @@ impl EntityStore for Broken {
         broken()
     }
     fn get_with_ancestors(&self, _: &EntityUid) -> Result<Vec<Record>, StoreError> {
-        broken()
+        match self.stall {
+            Some(d) => {
+                std::thread::sleep(d);
+                Ok(Vec::new())
+            }
+            None => broken(),
+        }
     }
     fn count(&self) -> Result<u64, StoreError> {
         broken()
@@ -333,15 +321,15 @@ impl StorageLedger for Broken {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_store_fails_closed() {
-    // Policies that would allow everything: only the store failure can deny.
+/// Serves the given backend under policies that allow everything, so only a failure of the
+/// daemon itself can keep a request from being allowed.
+async fn serve_permit_all(backend: Broken, limits: Limits) -> (common::Client, tempfile::TempDir) {
     let dir = common::policy_dir(&[("all.cedar", "permit(principal, action, resource);")]);
     let snapshot = policyd::policy::load_dir(dir.path()).unwrap();
     let state = policyd::state::AppState::new(
         snapshot,
-        Store::new(Box::new(Broken), 10),
-        Limits::default(),
+        Store::new(Box::new(backend), 10),
+        limits,
         Auth::default(),
         policyd::reload::Reloader::new(dir.path()),
         policyd::activity::ActivityLog::disabled(),
@@ -349,7 +337,12 @@ async fn a_failing_store_fails_closed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(policyd::run(listener, state, std::future::pending()));
-    let d = common::Client(addr);
+    (common::Client(addr), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_fails_closed() {
+    let (d, _dir) = serve_permit_all(Broken { stall: None }, Limits::default()).await;
     let (status, body) = d.call("POST", "/v1/is_authorized", ask()).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "internal");
@@ -361,4 +354,27 @@ async fn a_failing_store_fails_closed() {
     assert_eq!(status, 500, "{body}");
     let (status, _) = d.call("GET", "/readyz", vec![]).await;
     assert_eq!(status, 503, "not ready while the store fails");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_past_its_deadline_is_503_never_allow() {
+    let limits = Limits {
+        decision_deadline: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let stall = Broken {
+        stall: Some(Duration::from_secs(1)),
+    };
+    let (d, _dir) = serve_permit_all(stall, limits).await;
+    let started = std::time::Instant::now();
+    let (status, body) = d.call("POST", "/v1/is_authorized", ask()).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (503, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at the deadline, not after the store"
+    );
 }
