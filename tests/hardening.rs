@@ -273,7 +273,7 @@ impl EntityStore for Broken {
     fn get(&self, _: &EntityUid) -> Result<Option<Record>, StoreError> {
         broken()
     }
-    fn get_with_ancestors(&self, _: &EntityUid) -> Result<Vec<Record>, StoreError> {
+    fn get_with_ancestors(&self, _: &EntityUid) -> Result<Vec<(EntityUid, String)>, StoreError> {
         match self.stall {
             Some(d) => {
                 std::thread::sleep(d);

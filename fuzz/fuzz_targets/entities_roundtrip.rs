@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     for r in &records {
         let back = store.get(&r.uid).expect("read").expect("stored");
         assert_eq!(back.body, r.body);
-        let parsed = codec::decode(&back).expect("decodes");
+        let parsed = codec::decode(&back.uid, &back.body).expect("decodes");
         let cedar = cedar_policy::Entity::from_json_str(&back.body, None).expect("cedar parses");
         assert!(parsed.entity.deep_eq(&cedar));
     }

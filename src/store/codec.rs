@@ -192,13 +192,15 @@ pub fn encode(entity: &Entity) -> Result<Record, String> {
     })
 }
 
-/// Parses a stored record back into an entity and the uids it points at.
-pub fn decode(record: &Record) -> Result<Parsed, DecodeError> {
+/// Parses a stored entity body back into an entity, its parents and the uids it points at.
+pub fn decode(uid: &EntityUid, body: &str) -> Result<Parsed, DecodeError> {
     let fail = |message: String| DecodeError {
-        uid: record.uid.to_string(),
+        uid: uid.to_string(),
         message,
     };
-    let json: Value = serde_json::from_str(&record.body).map_err(|e| fail(e.to_string()))?;
+    // One parse serves the parents, the references and the entity.
+    let json: Value = serde_json::from_str(body).map_err(|e| fail(e.to_string()))?;
+    let parents = parents_of(&json);
     let (entity, refs) = match super::materialize::materialize(&json) {
         Some(built) => built,
         None => {
@@ -215,7 +217,7 @@ pub fn decode(record: &Record) -> Result<Parsed, DecodeError> {
     };
     Ok(Parsed {
         entity,
-        parents: record.parents.clone(),
+        parents,
         refs,
     })
 }

@@ -51,8 +51,9 @@ pub trait EntityStore: Send + Sync {
     fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError>;
     /// The stored record of one entity.
     fn get(&self, uid: &EntityUid) -> Result<Option<Record>, StoreError>;
-    /// The record of `uid` (when stored) and of every stored ancestor, in one indexed query.
-    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<Record>, StoreError>;
+    /// The uid and stored body of `uid` (when stored) and of every stored ancestor, in one
+    /// indexed query. Bodies are returned unparsed: the caller parses each once.
+    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<(EntityUid, String)>, StoreError>;
     /// Number of stored entities.
     fn count(&self) -> Result<u64, StoreError>;
     /// Checks that the backend answers, cheaply.
@@ -206,15 +207,15 @@ impl Store {
             return Ok(hit);
         }
         let epoch = self.cache.epoch();
-        let records = self.backend.get_with_ancestors(uid)?;
+        let stored = self.backend.get_with_ancestors(uid)?;
         let mut found = None;
-        let mut parsed = Vec::with_capacity(records.len());
-        for record in &records {
-            let p = Arc::new(codec::decode(record)?);
-            if record.uid == *uid {
+        let mut parsed = Vec::with_capacity(stored.len());
+        for (stored_uid, body) in stored {
+            let p = Arc::new(codec::decode(&stored_uid, &body)?);
+            if stored_uid == *uid {
                 found = Some(p.clone());
             }
-            parsed.push((record.uid.clone(), Some(p)));
+            parsed.push((stored_uid, Some(p)));
         }
         if found.is_none() {
             parsed.push((uid.clone(), None));

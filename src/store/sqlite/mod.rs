@@ -208,12 +208,16 @@ fn key(uid: &EntityUid) -> Key {
     (uid.type_name().to_string(), uid.id().unescaped().to_owned())
 }
 
-fn record_from_row(ty: &str, id: &str, body: String) -> Result<Record, StoreError> {
-    let uid = uid_from_strs(ty, id).map_err(|message| DecodeError {
+/// The uid of a stored row.
+fn stored_uid(ty: &str, id: &str) -> Result<EntityUid, StoreError> {
+    Ok(uid_from_strs(ty, id).map_err(|message| DecodeError {
         uid: format!("{ty}::{id:?}"),
         message,
-    })?;
-    Ok(Record::from_stored(uid, body)?)
+    })?)
+}
+
+fn record_from_row(ty: &str, id: &str, body: String) -> Result<Record, StoreError> {
+    Ok(Record::from_stored(stored_uid(ty, id)?, body)?)
 }
 
 impl EntityStore for SqliteStore {
@@ -293,7 +297,7 @@ impl EntityStore for SqliteStore {
         })
     }
 
-    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<Record>, StoreError> {
+    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<(EntityUid, String)>, StoreError> {
         let (ty, id) = key(uid);
         self.read(|conn| {
             // UNION (not UNION ALL) makes cyclic parent data terminate.
@@ -317,7 +321,7 @@ impl EntityStore for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (t, i, body) = row?;
-                out.push(record_from_row(&t, &i, body)?);
+                out.push((stored_uid(&t, &i)?, body));
             }
             Ok(out)
         })
@@ -364,16 +368,7 @@ impl StorageLedger for SqliteStore {
     fn children(&self, parent: &EntityUid, ty: &str) -> Result<Vec<EntityUid>, StoreError> {
         let k = key(parent);
         let keys = self.read(|conn| ledger::children(conn, &k, ty))?;
-        keys.iter()
-            .map(|(t, i)| {
-                uid_from_strs(t, i).map_err(|message| {
-                    StoreError::Corrupt(DecodeError {
-                        uid: format!("{t}::{i:?}"),
-                        message,
-                    })
-                })
-            })
-            .collect()
+        keys.iter().map(|(t, i)| stored_uid(t, i)).collect()
     }
 
     fn check_quota(
