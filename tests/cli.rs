@@ -14,7 +14,7 @@ fn policyd() -> Command {
 }
 
 /// Starts `serve` on a random port and returns the child and the address it logged.
-fn spawn_serve(db: &Path, extra_env: &[(&str, &str)]) -> (Child, SocketAddr) {
+fn spawn_serve(db: &Path, extra_env: &[(&str, &str)]) -> (common::Spawned, SocketAddr) {
     spawn_serve_with(db, &repo_policies(), &[], extra_env)
 }
 
@@ -23,7 +23,7 @@ fn spawn_serve_with(
     policies: &Path,
     args: &[&str],
     extra_env: &[(&str, &str)],
-) -> (Child, SocketAddr) {
+) -> (common::Spawned, SocketAddr) {
     let mut cmd = policyd();
     cmd.arg("serve")
         .args(args)

@@ -6,12 +6,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-fn serve(db: &Path) -> (Child, SocketAddr) {
+fn serve(db: &Path) -> (common::Spawned, SocketAddr) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (child, addr) = common::spawn_logged(
         common::policyd_command()

@@ -297,8 +297,33 @@ pub fn policyd_command() -> std::process::Command {
     cmd
 }
 
+/// A spawned daemon process, killed when dropped so a failing test leaves no daemon behind.
+pub struct Spawned(pub std::process::Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns `policyd serve` and waits for the address it logs (`127.0.0.1:port` or `unix:/path`).
-pub fn spawn_logged(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+pub fn spawn_logged(cmd: &mut std::process::Command) -> (Spawned, String) {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stderr(std::process::Stdio::piped())
@@ -314,6 +339,7 @@ pub fn spawn_logged(cmd: &mut std::process::Command) -> (std::process::Child, St
             }
         }
     });
+    let child = Spawned(child);
     let addr = rx
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("serve did not log its address");
