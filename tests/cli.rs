@@ -47,6 +47,19 @@ fn spawn_serve_with(
     (child, addr)
 }
 
+/// `policyd import` of one file into `db`, validated by the bundled schema.
+fn import(db: &Path, file: &Path) -> std::process::Output {
+    policyd()
+        .arg("import")
+        .arg("--db")
+        .arg(db)
+        .arg("--policies")
+        .arg(repo_policies())
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 fn get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -185,15 +198,7 @@ fn import_writes_valid_files_and_nothing_from_invalid_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("import.db");
     let demo = repo_entities().join("demo.json");
-    let out = policyd()
-        .arg("import")
-        .arg("--db")
-        .arg(&db)
-        .arg("--policies")
-        .arg(repo_policies())
-        .arg(&demo)
-        .output()
-        .unwrap();
+    let out = import(&db, &demo);
     assert!(
         out.status.success(),
         "{}",
@@ -208,15 +213,7 @@ fn import_writes_valid_files_and_nothing_from_invalid_ones() {
             {"uid": {"type": "User", "id": "broken"}, "attrs": {"name": 1}, "parents": []}]"#,
     )
     .unwrap();
-    let out = policyd()
-        .arg("import")
-        .arg("--db")
-        .arg(&db)
-        .arg("--policies")
-        .arg(repo_policies())
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = import(&db, &bad);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -276,15 +273,7 @@ fn sighup_reloads_the_policies() {
 fn storage_prints_totals_for_admins() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
-    let out = policyd()
-        .arg("import")
-        .arg("--db")
-        .arg(&db)
-        .arg("--policies")
-        .arg(repo_policies())
-        .arg(repo_entities().join("demo.json"))
-        .output()
-        .unwrap();
+    let out = import(&db, &repo_entities().join("demo.json"));
     assert!(out.status.success());
     let out = policyd()
         .args(["storage", "--db"])

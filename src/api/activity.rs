@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
+use super::{forbidden, permission_query};
 use crate::activity::{Filter, Kind, Record};
-use crate::authz;
 use crate::engine;
 use crate::state::AppState;
 use crate::storage::{self, ORGANIZATION_TYPE};
@@ -29,6 +29,8 @@ const PARAMS: &[&str] = &[
     "cursor",
 ];
 const DEFAULT_LIMIT: usize = 100;
+/// The action a viewer needs on the organization.
+const VIEW_ACTIVITY: &str = "view_activity";
 const MAX_LIMIT: usize = 1000;
 
 /// One page of the trail.
@@ -94,22 +96,13 @@ pub async fn list(
 
     let org = uid_from_strs(ORGANIZATION_TYPE, &filter.organization).map_err(ApiError::Internal)?;
     let snapshot = state.snapshot();
-    let action = uid_from_strs("Action", "view_activity").map_err(ApiError::Internal)?;
-    let check =
-        authz::prepare(&snapshot, viewer.clone(), action, org.clone(), None).map_err(|source| {
-            ApiError::InvalidRequest {
-                field: "viewer".to_owned(),
-                source,
-            }
-        })?;
+    let check = permission_query(&snapshot, &viewer, VIEW_ACTIVITY, &org, "viewer")?;
     let allowed = engine::decide_all_async(state.store.clone(), snapshot, vec![check])
         .await?
         .first()
         .is_some_and(|(_, o)| o.decision.allowed);
     if !allowed {
-        return Err(ApiError::Forbidden(format!(
-            "{viewer} may not view_activity on {org}"
-        )));
+        return Err(forbidden(&viewer, VIEW_ACTIVITY, &org));
     }
     let log = state.activity.clone();
     let page = tokio::task::spawn_blocking(move || log.query(&filter))

@@ -70,6 +70,7 @@ pub async fn delete(
 ) -> Result<hyper::Response<Body>, ApiError> {
     let uid = path_uid(ty, id)?;
     let shown = uid.to_string();
+    let target = uid.clone();
     let log = state.activity.enabled();
     let (removed, org) = on_store(&state.store, move |store| {
         // Resolved first: once deleted, the entity no longer leads to its organization.
@@ -86,12 +87,9 @@ pub async fn delete(
     }
     tracing::info!(entity = %shown, "entity deleted");
     let revision = state.snapshot().revision.clone();
-    state.activity.record(Entry {
-        resource: Some(shown),
-        organization: org,
-        policy_revision: Some(revision),
-        ..Entry::new(Kind::EntityDelete)
-    });
+    state
+        .activity
+        .record(change(Kind::EntityDelete, &target, org, &revision));
     Ok(json::empty(StatusCode::NO_CONTENT))
 }
 

@@ -18,8 +18,13 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use percent_encoding::percent_decode_str;
 
+use cedar_policy::EntityUid;
+
+use crate::authz::{self, Query};
+use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 use crate::store::Store;
+use crate::store::codec::uid_from_strs;
 pub use decisions::{parse_batch as parse_batch_request, parse_single as parse_decision_request};
 pub use error::ApiError;
 pub use json::Body;
@@ -165,6 +170,29 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             req.uri().path()
         ))),
     }
+}
+
+/// The query asking the loaded policies whether `principal` may take the platform action
+/// `action` on `resource` (storage and activity routes guard themselves with it).
+fn permission_query(
+    snapshot: &PolicySnapshot,
+    principal: &EntityUid,
+    action: &str,
+    resource: &EntityUid,
+    field: &str,
+) -> Result<Query, ApiError> {
+    let action = uid_from_strs("Action", action).map_err(ApiError::Internal)?;
+    authz::prepare(snapshot, principal.clone(), action, resource.clone(), None).map_err(|source| {
+        ApiError::InvalidRequest {
+            field: field.to_owned(),
+            source,
+        }
+    })
+}
+
+/// The refusal when the policies deny a [`permission_query`].
+fn forbidden(principal: &EntityUid, action: &str, resource: &EntityUid) -> ApiError {
+    ApiError::Forbidden(format!("{principal} may not {action} on {resource}"))
 }
 
 /// Runs blocking store work off the async runtime.

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
-use super::on_store;
-use crate::authz;
+use super::{forbidden, on_store, permission_query};
 use crate::engine;
 use crate::state::AppState;
 use crate::storage::{
@@ -42,12 +41,7 @@ pub async fn totals(
         message,
     })?;
     let snapshot = state.snapshot();
-    let action = uid_from_strs("Action", VIEW_STORAGE).map_err(ApiError::Internal)?;
-    let query = authz::prepare(&snapshot, principal.clone(), action, entity.clone(), None)
-        .map_err(|source| ApiError::InvalidRequest {
-            field: String::new(),
-            source,
-        })?;
+    let query = permission_query(&snapshot, &principal, VIEW_STORAGE, &entity, "")?;
     let now = storage::now_micros();
     let target = entity.clone();
     let (usage, projects, allowed) = on_store(&state.store, move |store| {
@@ -71,9 +65,7 @@ pub async fn totals(
         return Err(ApiError::NotFound(format!("{entity} is not stored")));
     };
     if !allowed {
-        return Err(ApiError::Forbidden(format!(
-            "{principal} may not {VIEW_STORAGE} on {entity}"
-        )));
+        return Err(forbidden(&principal, VIEW_STORAGE, &entity));
     }
     let body = if ty == ORGANIZATION_TYPE {
         organization_json(&entity, &usage, projects)
