@@ -113,7 +113,8 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("single", size), |b| {
             b.iter(|| {
                 i = (i + 1) % queries.len();
-                engine::decide_all(&store, &snapshot, std::slice::from_ref(&queries[i])).unwrap()
+                engine::decide_blocking(&store, &snapshot, std::slice::from_ref(&queries[i]))
+                    .unwrap()
             })
         });
         let mut i = 0;
@@ -150,7 +151,7 @@ fn benches(c: &mut Criterion) {
         });
         let batch: Vec<Query> = queries[..50].to_vec();
         group.bench_function(BenchmarkId::new("batch_of_50", size), |b| {
-            b.iter(|| engine::decide_all(&store, &snapshot, &batch).unwrap())
+            b.iter(|| engine::decide_blocking(&store, &snapshot, &batch).unwrap())
         });
         group.finish();
     }

@@ -36,6 +36,7 @@ struct Args {
     activity: String,
     seed: u64,
     target: Option<SocketAddr>,
+    bare: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +50,7 @@ fn parse_args() -> anyhow::Result<Args> {
         activity: "on".to_owned(),
         seed: 42,
         target: None,
+        bare: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +65,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--activity" => a.activity = value()?,
             "--seed" => a.seed = value()?.parse()?,
             "--target" => a.target = Some(value()?.parse()?),
+            "--bare" => a.bare = true,
+            "--serve-bare" => serve_bare(),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -72,7 +76,15 @@ fn parse_args() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let shape = Shape::about(args.entities);
-    let (mut daemon, addr, _dir) = match args.target {
+    let floor = if args.bare {
+        let (child, addr) =
+            spawn_and_read_addr(Command::new(std::env::current_exe()?).arg("--serve-bare"))?;
+        let run = measure(&args, shape, addr, Some(child), "bare hyper")?;
+        Some(run)
+    } else {
+        None
+    };
+    let (daemon, addr, _dir) = match args.target {
         Some(addr) => (None, addr, None),
         None => {
             let dir = tempfile::tempdir()?;
@@ -82,39 +94,110 @@ fn main() -> anyhow::Result<()> {
             (Some(child), addr, Some(dir))
         }
     };
+    let run = measure(&args, shape, addr, daemon, "policyd")?;
+    if let Some(floor) = floor {
+        println!(
+            "policyd / bare hyper: {:.2} ({:.0} / {:.0} requests/s)",
+            run.requests_per_sec / floor.requests_per_sec,
+            run.requests_per_sec,
+            floor.requests_per_sec
+        );
+    }
+    Ok(())
+}
+
+/// What one measured run produced.
+struct Run {
+    requests_per_sec: f64,
+}
+
+/// Drives `addr` with the request mix, prints the report, then stops `server` (when we
+/// started it) and prints its peak RSS and CPU.
+fn measure(
+    args: &Args,
+    shape: Shape,
+    addr: SocketAddr,
+    mut server: Option<Child>,
+    name: &str,
+) -> anyhow::Result<Run> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let cpu_before = (
         cpu_secs(std::process::id()),
-        daemon.as_ref().and_then(|c| cpu_secs(c.id())),
+        server.as_ref().and_then(|c| cpu_secs(c.id())),
     );
-    let result = runtime.block_on(drive(&args, shape, addr));
+    let result = runtime.block_on(drive(args, shape, addr));
     let cpu_after = (
         cpu_secs(std::process::id()),
-        daemon.as_ref().and_then(|c| cpu_secs(c.id())),
+        server.as_ref().and_then(|c| cpu_secs(c.id())),
     );
-    let rss = daemon.as_ref().and_then(|c| peak_rss_kib(c.id()));
-    if let Some(child) = daemon.as_mut() {
+    let rss = server.as_ref().and_then(|c| peak_rss_kib(c.id()));
+    if let Some(child) = server.as_mut() {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let _ = child.wait();
     }
-    let report = result?;
-    println!("{report}");
+    let (report, run) = result?;
+    println!("{name}: {report}");
     if let Some(kib) = rss {
-        println!("daemon peak RSS: {:.1} MiB", kib as f64 / 1024.0);
+        println!("{name} peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
     if let ((Some(l0), Some(d0)), (Some(l1), Some(d1))) = (cpu_before, cpu_after) {
         println!(
-            "CPU over the run (warm-up included): daemon {:.1} s, load generator {:.1} s",
+            "CPU over the run (warm-up included): {name} {:.1} s, load generator {:.1} s",
             d1 - d0,
             l1 - l0
         );
     }
-    Ok(())
+    Ok(run)
+}
+
+/// The floor: a bare hyper server on the same runtime and HTTP settings as the daemon, that
+/// reads each body and answers a fixed decision.
+fn serve_bare() -> ! {
+    let code = match bare_server() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bare server: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn bare_server() -> anyhow::Result<()> {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    const ANSWER: &[u8] =
+        br#"{"decision":"Allow","diagnostics":{"reason":["owner.content"],"errors":[]},"decision_id":null}"#;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        eprintln!("bare hyper listening addr={}", listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(ANSWER)));
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
 
 /// Fills a store with the synthetic platform through the import path.
@@ -167,29 +250,33 @@ fn start_daemon(db: &Path, activity: &str) -> anyhow::Result<(Child, SocketAddr)
         bin.display()
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--activity",
-            activity,
-            "--watch",
-            "false",
-        ])
-        .arg("--db")
-        .arg(db)
-        .arg("--policies")
-        .arg(root.join("policies"))
-        .arg("--entities")
-        .arg(db.with_file_name("no-entities"))
-        .env("RUST_LOG", "warn,policyd=info")
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--activity",
+        activity,
+        "--watch",
+        "false",
+    ])
+    .arg("--db")
+    .arg(db)
+    .arg("--policies")
+    .arg(root.join("policies"))
+    .arg("--entities")
+    .arg(db.with_file_name("no-entities"))
+    .env("RUST_LOG", "warn,policyd=info");
+    spawn_and_read_addr(&mut cmd)
+}
+
+/// Starts a server process and reads the address it logs (`addr=...`) on stderr.
+fn spawn_and_read_addr(cmd: &mut Command) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = cmd.stderr(Stdio::piped()).spawn()?;
     let stderr = child.stderr.take().context("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
-        let line = lines.next().context("daemon exited before listening")??;
+        let line = lines.next().context("server exited before listening")??;
         if let Some(a) = line.split("addr=").nth(1) {
             break a.split_whitespace().next().unwrap_or("").parse()?;
         }
@@ -228,7 +315,7 @@ struct Totals {
     errors: AtomicU64,
 }
 
-async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<String> {
+async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<(String, Run)> {
     let totals = Arc::new(Totals::default());
     let recording = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -315,7 +402,10 @@ async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<St
             .unwrap_or(0)
     };
     let decisions = totals.decisions.load(Ordering::Relaxed);
-    Ok(format!(
+    let run = Run {
+        requests_per_sec: all.len() as f64 / secs,
+    };
+    let report = format!(
         "{} entities, {} connections, batch {}, activity {}: {:.0} decisions/s ({:.0} requests/s), {:.1}% allowed, {} errors\n\
          latency per request: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
         shape.total(),
@@ -330,5 +420,6 @@ async fn drive(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<St
         pct(0.99),
         pct(0.999),
         all.last().copied().unwrap_or(0),
-    ))
+    );
+    Ok((report, run))
 }

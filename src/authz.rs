@@ -2,9 +2,15 @@
 //!
 //! Nothing here touches the network, the disk or a clock, so it can be unit-tested,
 //! benchmarked and fuzzed on its own. [`prepare`] turns caller input into a validated Cedar
-//! request plus the entity roots a slice starts from; [`decide`] evaluates it.
+//! request plus the entity roots a slice starts from and the policies its scope can match;
+//! [`entities`] joins a slice into Cedar's entity store; [`decide`] evaluates.
 
-use cedar_policy::{Context, Entities, Entity, EntityUid, Request};
+use std::sync::Arc;
+
+use cedar_policy::{Context, Entities, EntityUid, PolicySet, Request};
+use cedar_policy_core::ast;
+use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
 use crate::policy::PolicySnapshot;
@@ -25,6 +31,9 @@ pub struct Query {
     /// Where the entity slice starts: principal, resource, context references, and the action
     /// when it must come from the store (no schema).
     pub roots: Vec<EntityUid>,
+    /// The policies whose scope can match this request (see [`crate::policy::scope`]): the
+    /// only ones Cedar is given.
+    pub policies: Arc<PolicySet>,
 }
 
 /// The outcome of evaluating a query.
@@ -36,6 +45,8 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Policy evaluation errors (such a policy is skipped, as in Cedar).
     pub errors: Vec<String>,
+    /// How many policies Cedar evaluated: those whose scope can match, not the whole set.
+    pub evaluated: usize,
 }
 
 /// Why a request cannot be decided: the caller's mistake.
@@ -58,13 +69,14 @@ pub enum RequestError {
 #[error("cannot assemble decision entities: {0}")]
 pub struct EntitiesError(String);
 
-/// Validates a request against the snapshot's schema and finds its entity roots.
+/// Validates a request against the snapshot's schema and finds its entity roots and the
+/// policies that can apply to it.
 pub fn prepare(
     snapshot: &PolicySnapshot,
     principal: EntityUid,
     action: EntityUid,
     resource: EntityUid,
-    context: Option<&Value>,
+    context: Option<Value>,
 ) -> Result<Query, RequestError> {
     let schema = snapshot.schema.as_ref();
     if schema.is_some() && !snapshot.declares_action(&action) {
@@ -74,8 +86,8 @@ pub fn prepare(
     let context = match context {
         None | Some(Value::Null) => Context::empty(),
         Some(v) => {
-            collect_refs(v, &mut roots);
-            Context::from_json_value(v.clone(), schema.map(|s| (s, &action)))
+            collect_refs(&v, &mut roots);
+            Context::from_json_value(v, schema.map(|s| (s, &action)))
                 .map_err(|e| RequestError::Context(error_chain(&e)))?
         }
     };
@@ -90,45 +102,59 @@ pub fn prepare(
         schema,
     )
     .map_err(|e| RequestError::Request(error_chain(&e)))?;
+    let policies = snapshot.applicable(&principal, &action, &resource);
     Ok(Query {
         request,
         principal,
         resource,
         action,
         roots,
+        policies,
     })
 }
 
-/// Joins the stored slice with the schema's action entities into Cedar `Entities`.
+/// Joins a slice (entities with their ancestors already closed, see [`crate::store::resolve`])
+/// and the schema's entities for the queries' `actions` into Cedar's entity store.
 ///
-/// `actions` are the queries' actions; their schema entities (with action groups) are added.
+/// The entities are shared, not copied, and their closure is not recomputed: Cedar is told it
+/// is already computed, which [`crate::store::resolve`] guarantees. They were validated when
+/// written; re-validating on every decision would cost more than the evaluation itself.
 pub fn entities<'a>(
     snapshot: &PolicySnapshot,
-    slice: Vec<Entity>,
+    slice: Vec<Arc<ast::Entity>>,
     actions: impl IntoIterator<Item = &'a EntityUid>,
 ) -> Result<Entities, EntitiesError> {
     let mut all = slice;
-    let mut added = std::collections::HashSet::new();
+    let mut added: Vec<&EntityUid> = Vec::new();
     for action in actions {
+        if added.contains(&action) {
+            continue;
+        }
+        added.push(action);
         if let Some(closure) = snapshot.action_entities(action) {
             for e in closure {
-                if added.insert(e.uid()) {
+                if !all.iter().any(|have| have.uid() == e.uid()) {
                     all.push(e.clone());
                 }
             }
         }
     }
-    // The entities were validated when written; re-validating on every decision would cost
-    // more than the evaluation itself.
-    Entities::from_entities(all, None).map_err(|e| EntitiesError(error_chain(&e)))
+    CoreEntities::new()
+        .add_entities(
+            all,
+            None::<&NoEntitiesSchema>,
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::all_available(),
+        )
+        .map(Entities::from)
+        .map_err(|e| EntitiesError(error_chain(&e)))
 }
 
-/// Evaluates one query against the snapshot's policies.
+/// Evaluates one query against the policies its scope can match.
 pub fn decide(snapshot: &PolicySnapshot, query: &Query, entities: &Entities) -> Decision {
-    let response =
-        snapshot
-            .authorizer()
-            .is_authorized(&query.request, &snapshot.policies, entities);
+    let response = snapshot
+        .authorizer()
+        .is_authorized(&query.request, &query.policies, entities);
     let diagnostics = response.diagnostics();
     let mut reasons: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
     reasons.sort();
@@ -136,6 +162,7 @@ pub fn decide(snapshot: &PolicySnapshot, query: &Query, entities: &Entities) -> 
         allowed: response.decision() == cedar_policy::Decision::Allow,
         reasons,
         errors: diagnostics.errors().map(|e| error_chain(e)).collect(),
+        evaluated: query.policies.policies().count(),
     }
 }
 
@@ -157,4 +184,55 @@ pub fn organization_of(entities: &Entities, uid: &EntityUid) -> Option<String> {
 pub fn query_organization(entities: &Entities, query: &Query) -> Option<String> {
     organization_of(entities, &query.resource)
         .or_else(|| organization_of(entities, &query.principal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundled() -> PolicySnapshot {
+        crate::policy::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+            .unwrap()
+    }
+
+    fn query(snapshot: &PolicySnapshot, p: &str, a: &str, r: &str) -> Query {
+        prepare(
+            snapshot,
+            p.parse().unwrap(),
+            a.parse().unwrap(),
+            r.parse().unwrap(),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Cedar is handed only the policies whose scope can match: if `decide` evaluated the
+    /// whole set, `evaluated` would be the set's size.
+    #[test]
+    fn cedar_evaluates_only_the_policies_whose_scope_can_match() {
+        let snapshot = bundled();
+        let all = snapshot.policies.policies().count();
+        let q = query(
+            &snapshot,
+            r#"User::"bob""#,
+            r#"Action::"create_project""#,
+            r#"Organization::"acme""#,
+        );
+        let d = decide(&snapshot, &q, &Entities::empty());
+        let mut ids: Vec<String> = q.policies.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        // The guardrail and org-member rule for organizations, plus the content rules whose
+        // scope leaves the resource open (their conditions test its type).
+        assert!(
+            ids.contains(&"org-member.create-project".to_owned()),
+            "{ids:?}"
+        );
+        assert!(!ids.contains(&"owner.project".to_owned()), "{ids:?}");
+        assert!(
+            !ids.contains(&"org-admin.organization".to_owned()),
+            "{ids:?}"
+        );
+        assert_eq!(d.evaluated, ids.len());
+        assert!(d.evaluated < all / 2, "{} of {all} evaluated", d.evaluated);
+    }
 }

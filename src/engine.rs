@@ -1,10 +1,15 @@
 //! Runs decisions: gathers the entity slice for a set of queries from the store and evaluates
 //! them with the pure core, all against one policy snapshot.
+//!
+//! [`decide`] is the one place a decision deadline applies, for every route that decides (the
+//! decision routes and the permission checks of the storage and activity routes).
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cedar_policy::EntityUid;
+use cedar_policy_core::ast;
 
 use crate::authz::{self, Decision, Query};
 use crate::policy::PolicySnapshot;
@@ -19,9 +24,12 @@ pub enum EngineError {
     /// The slice could not be turned into Cedar entities.
     #[error(transparent)]
     Entities(#[from] authz::EntitiesError),
-    /// The blocking task running the decisions died.
-    #[error("decision task failed: {0}")]
-    Task(String),
+    /// The blocking task reading the store died.
+    #[error("store read task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The decisions did not finish within the deadline.
+    #[error("decision did not finish within {0:?}")]
+    Deadline(Duration),
 }
 
 /// A decision and the organization it concerns.
@@ -33,12 +41,41 @@ pub struct Outcome {
     pub organization: Option<String>,
 }
 
-/// Most queries decided on the async runtime when their entities are all cached; larger
-/// batches go to a blocking thread so one request never holds a runtime worker for long.
-const INLINE_MAX: usize = 8;
+/// Decides every query on `snapshot`, sharing one entity slice between them, within
+/// `deadline`; outcomes in the order of `queries`.
+///
+/// When every entity of the slice is cached (the common case) nothing blocks; otherwise the
+/// store is read on a blocking thread, never on the async runtime. Evaluation is pure CPU and
+/// runs here. Past the deadline the answer is [`EngineError::Deadline`], never a decision.
+pub async fn decide(
+    store: &Arc<Store>,
+    snapshot: &PolicySnapshot,
+    queries: &[Query],
+    deadline: Duration,
+) -> Result<Vec<Outcome>, EngineError> {
+    let started = Instant::now();
+    let roots = roots(queries);
+    let depth = snapshot.deref_depth;
+    let slice = match store.slice_cached(&roots, depth) {
+        Some(slice) => slice,
+        None => {
+            let store = store.clone();
+            let read = tokio::task::spawn_blocking(move || store.slice(&roots, depth));
+            match tokio::time::timeout(deadline, read).await {
+                Ok(joined) => joined.map_err(EngineError::Task)??,
+                Err(_) => return Err(EngineError::Deadline(deadline)),
+            }
+        }
+    };
+    let outcomes = evaluate(snapshot, queries, slice)?;
+    if started.elapsed() > deadline {
+        return Err(EngineError::Deadline(deadline));
+    }
+    Ok(outcomes)
+}
 
-/// Decides every query on `snapshot`, sharing one entity slice between them. Blocking.
-pub fn decide_all(
+/// [`decide`] without a deadline, blocking: for commands and benchmarks off the runtime.
+pub fn decide_blocking(
     store: &Store,
     snapshot: &PolicySnapshot,
     queries: &[Query],
@@ -62,7 +99,7 @@ fn roots(queries: &[Query]) -> Vec<EntityUid> {
 fn evaluate(
     snapshot: &PolicySnapshot,
     queries: &[Query],
-    slice: Vec<cedar_policy::Entity>,
+    slice: Vec<Arc<ast::Entity>>,
 ) -> Result<Vec<Outcome>, EngineError> {
     let entities = authz::entities(snapshot, slice, queries.iter().map(|q| &q.action))?;
     Ok(queries
@@ -72,26 +109,4 @@ fn evaluate(
             organization: authz::query_organization(&entities, q),
         })
         .collect())
-}
-
-/// Decides the queries without ever reading the store on the async runtime: inline when every
-/// entity is cached (the common case, tens of microseconds), else on a blocking thread. Hands
-/// the queries back with their outcomes.
-pub async fn decide_all_async(
-    store: Arc<Store>,
-    snapshot: Arc<PolicySnapshot>,
-    queries: Vec<Query>,
-) -> Result<Vec<(Query, Outcome)>, EngineError> {
-    if queries.len() <= INLINE_MAX
-        && let Some(slice) = store.slice_cached(&roots(&queries), snapshot.deref_depth)
-    {
-        let outcomes = evaluate(&snapshot, &queries, slice)?;
-        return Ok(queries.into_iter().zip(outcomes).collect());
-    }
-    tokio::task::spawn_blocking(move || {
-        let outcomes = decide_all(&store, &snapshot, &queries)?;
-        Ok(queries.into_iter().zip(outcomes).collect())
-    })
-    .await
-    .unwrap_or_else(|join| Err(EngineError::Task(join.to_string())))
 }

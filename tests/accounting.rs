@@ -124,7 +124,7 @@ proptest! {
                         _ => (ITEM_TYPES[index % 3], format!("i{index}")),
                     };
                     let existed = model.remove(&(ty.to_owned(), id.clone())).is_some();
-                    let deleted = store.delete(&format!("{ty}::\"{id}\"").parse().unwrap()).unwrap();
+                    let deleted = store.delete(&format!("{ty}::\"{id}\"").parse().unwrap()).unwrap().is_some();
                     prop_assert_eq!(existed, deleted);
                 }
             }

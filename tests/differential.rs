@@ -321,19 +321,84 @@ fn reference(
     (decision, reasons, resp.diagnostics().errors().count())
 }
 
-async fn check(policies: &Path, world: World) -> Result<(), TestCaseError> {
+/// One write of a mutation.
+enum Change {
+    Put(Value),
+    Delete(Value),
+}
+
+/// Detaches some entities from their parents and deletes others, each in a write of its own, so
+/// their descendants stay cached while their ancestor closures change. Returns the changed world
+/// and the writes that make it, then the writes that restore the original.
+fn mutate(world: &World, seed: u64) -> (World, Vec<Change>, Vec<Change>) {
+    let mut g = Gen::new(seed);
+    let (mut entities, mut forward, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    for e in &world.entities {
+        let has_parents = e["parents"].as_array().is_some_and(|p| !p.is_empty());
+        if g.chance(10) {
+            forward.push(Change::Delete(e["uid"].clone()));
+            back.push(Change::Put(e.clone()));
+        } else if has_parents && g.chance(30) {
+            let mut detached = e.clone();
+            detached["parents"] = json!([]);
+            forward.push(Change::Put(detached.clone()));
+            back.push(Change::Put(e.clone()));
+            entities.push(detached);
+        } else {
+            entities.push(e.clone());
+        }
+    }
+    let changed = World {
+        entities,
+        requests: world.requests.clone(),
+    };
+    (changed, forward, back)
+}
+
+async fn apply(d: &Daemon, changes: &[Change]) {
+    for change in changes {
+        match change {
+            Change::Put(e) => d.put(json!([e])).await,
+            Change::Delete(uid) => {
+                let path = format!(
+                    "/v1/entities/{}/{}",
+                    uid["type"].as_str().unwrap(),
+                    uid["id"].as_str().unwrap()
+                );
+                let (status, body) = d.call("DELETE", &path, None).await;
+                assert_eq!(status, 204, "{path}: {body}");
+            }
+        }
+    }
+}
+
+/// Compares the daemon with Cedar on `world`, on a mutation of it (parents detached, entities
+/// deleted, one write each), and on the world restored: cached entities and ancestor closures
+/// must follow every write.
+async fn check(policies: &Path, world: World, seed: u64) -> Result<(), TestCaseError> {
+    let d = Daemon::start(Setup {
+        policies: policies.to_path_buf(),
+        ..Setup::default()
+    })
+    .await;
+    d.put(Value::Array(world.entities.clone())).await;
+    compare(&d, policies, &world).await?;
+    let (changed, forward, back) = mutate(&world, seed);
+    apply(&d, &forward).await;
+    compare(&d, policies, &changed).await?;
+    apply(&d, &back).await;
+    compare(&d, policies, &world).await?;
+    d.stop().await;
+    Ok(())
+}
+
+async fn compare(d: &Daemon, policies: &Path, world: &World) -> Result<(), TestCaseError> {
     let snapshot = load_dir(policies).unwrap();
     let all = Entities::from_json_value(
         Value::Array(world.entities.clone()),
         snapshot.schema.as_ref(),
     )
     .unwrap();
-    let d = Daemon::start(Setup {
-        policies: policies.to_path_buf(),
-        ..Setup::default()
-    })
-    .await;
-    d.put(Value::Array(world.entities)).await;
     // Each request twice: cold (read from SQLite) and warm (from the entity cache), and as a
     // batch sharing one slice.
     for round in 0..2 {
@@ -370,7 +435,6 @@ async fn check(policies: &Path, world: World) -> Result<(), TestCaseError> {
             }
         }
     }
-    d.stop().await;
     Ok(())
 }
 
@@ -387,7 +451,7 @@ fn run(cases: u32, policies: &Path, world: fn(u64) -> World) {
     });
     runner
         .run(&any::<u64>(), |seed| {
-            rt.block_on(check(policies, world(seed)))
+            rt.block_on(check(policies, world(seed), seed.rotate_left(17) ^ 0x5eed))
         })
         .unwrap();
 }

@@ -9,7 +9,7 @@ use cedar_policy::EntityUid;
 use common::{Daemon, Setup, repo_entities};
 use policyd::config::{Auth, Limits};
 use policyd::storage::{QuotaCheck, ReserveOutcome, Usage};
-use policyd::store::{EntityStore, Record, StorageLedger, Store, StoreError};
+use policyd::store::{EntityStore, Record, StorageLedger, Store, StoreError, WriteEffect};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -264,20 +264,20 @@ fn broken<T>() -> Result<T, StoreError> {
 }
 
 impl EntityStore for Broken {
-    fn upsert(&self, _: &[Record]) -> Result<(), StoreError> {
+    fn upsert(&self, _: &[Record]) -> Result<WriteEffect, StoreError> {
         broken()
     }
-    fn delete(&self, _: &EntityUid) -> Result<bool, StoreError> {
+    fn delete(&self, _: &EntityUid) -> Result<Option<WriteEffect>, StoreError> {
         broken()
     }
     fn get(&self, _: &EntityUid) -> Result<Option<Record>, StoreError> {
         broken()
     }
-    fn get_with_ancestors(&self, _: &EntityUid) -> Result<Vec<(EntityUid, String)>, StoreError> {
+    fn body(&self, _: &EntityUid) -> Result<Option<String>, StoreError> {
         match self.stall {
             Some(d) => {
                 std::thread::sleep(d);
-                Ok(Vec::new())
+                Ok(None)
             }
             None => broken(),
         }

@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
-use super::{forbidden, permission_query};
+use super::{forbidden, permission_query, permitted};
 use crate::activity::{Filter, Kind, Record};
-use crate::engine;
 use crate::state::AppState;
 use crate::storage::{self, ORGANIZATION_TYPE};
 use crate::store::codec::uid_from_strs;
@@ -97,11 +96,7 @@ pub async fn list(
     let org = uid_from_strs(ORGANIZATION_TYPE, &filter.organization).map_err(ApiError::Internal)?;
     let snapshot = state.snapshot();
     let check = permission_query(&snapshot, &viewer, VIEW_ACTIVITY, &org, "viewer")?;
-    let allowed = engine::decide_all_async(state.store.clone(), snapshot, vec![check])
-        .await?
-        .first()
-        .is_some_and(|(_, o)| o.decision.allowed);
-    if !allowed {
+    if !permitted(state, &snapshot, check).await? {
         return Err(forbidden(&viewer, VIEW_ACTIVITY, &org));
     }
     let log = state.activity.clone();

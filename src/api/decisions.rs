@@ -79,11 +79,8 @@ async fn decide(
     queries: Vec<Query>,
 ) -> Result<Vec<(Query, engine::Outcome)>, ApiError> {
     let deadline = state.limits.decision_deadline;
-    let work = engine::decide_all_async(state.store.clone(), snapshot.clone(), queries);
-    match tokio::time::timeout(deadline, work).await {
-        Ok(decided) => Ok(decided?),
-        Err(_) => Err(ApiError::DeadlineExceeded(deadline)),
-    }
+    let outcomes = engine::decide(&state.store, snapshot, &queries, deadline).await?;
+    Ok(queries.into_iter().zip(outcomes).collect())
 }
 
 /// Records each decision in the activity log and renders it with its `decision_id` (null when
@@ -117,12 +114,12 @@ fn answer(
 /// Parses and validates one decision request found at `at` in the body.
 fn query(snapshot: &PolicySnapshot, value: Value, at: &str) -> Result<Query, ApiError> {
     let what = if at.is_empty() { "the body" } else { at };
-    let map = json::object(value, what)?;
+    let mut map = json::object(value, what)?;
     json::deny_unknown(&map, REQUEST_FIELDS, at)?;
     let principal = json::uid(map.get("principal"), &json::join(at, "principal"))?;
     let action = json::uid(map.get("action"), &json::join(at, "action"))?;
     let resource = json::uid(map.get("resource"), &json::join(at, "resource"))?;
-    authz::prepare(snapshot, principal, action, resource, map.get("context")).map_err(|source| {
+    authz::prepare(snapshot, principal, action, resource, map.remove("context")).map_err(|source| {
         ApiError::InvalidRequest {
             field: at.to_owned(),
             source,

@@ -125,7 +125,10 @@ impl From<StoreError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            EngineError::Deadline(d) => ApiError::DeadlineExceeded(d),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use percent_encoding::percent_decode_str;
 use cedar_policy::EntityUid;
 
 use crate::authz::{self, Query};
+use crate::engine;
 use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 use crate::store::Store;
@@ -193,6 +194,18 @@ fn permission_query(
 /// The refusal when the policies deny a [`permission_query`].
 fn forbidden(principal: &EntityUid, action: &str, resource: &EntityUid) -> ApiError {
     ApiError::Forbidden(format!("{principal} may not {action} on {resource}"))
+}
+
+/// Whether the policies allow a [`permission_query`], decided by the engine like any decision
+/// (same slice, same deadline).
+async fn permitted(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    query: Query,
+) -> Result<bool, ApiError> {
+    let deadline = state.limits.decision_deadline;
+    let outcomes = engine::decide(&state.store, snapshot, &[query], deadline).await?;
+    Ok(outcomes.first().is_some_and(|o| o.decision.allowed))
 }
 
 /// Runs blocking store work off the async runtime.

@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
-use super::{forbidden, on_store, permission_query};
-use crate::engine;
+use super::{forbidden, on_store, permission_query, permitted};
 use crate::state::AppState;
 use crate::storage::{
     self, ORGANIZATION_TYPE, PROJECT_TYPE, QuotaCheck, Reservation, ReserveOutcome, Side, Usage,
@@ -42,14 +41,13 @@ pub async fn totals(
     })?;
     let snapshot = state.snapshot();
     let query = permission_query(&snapshot, &principal, VIEW_STORAGE, &entity, "")?;
+    let allowed = permitted(state, &snapshot, query).await?;
     let now = storage::now_micros();
     let target = entity.clone();
-    let (usage, projects, allowed) = on_store(&state.store, move |store| {
+    let (usage, projects) = on_store(&state.store, move |store| {
         let Some(usage) = store.ledger().usage(&target, now)? else {
-            return Ok::<_, engine::EngineError>((None, vec![], false));
+            return Ok::<_, crate::store::StoreError>((None, vec![]));
         };
-        let decision = engine::decide_all(store, &snapshot, std::slice::from_ref(&query))?;
-        let allowed = decision.first().is_some_and(|o| o.decision.allowed);
         let mut projects = Vec::new();
         if allowed && target.type_name().to_string() == ORGANIZATION_TYPE {
             for p in store.ledger().children(&target, PROJECT_TYPE)? {
@@ -58,7 +56,7 @@ pub async fn totals(
                 }
             }
         }
-        Ok((Some(usage), projects, allowed))
+        Ok((Some(usage), projects))
     })
     .await?;
     let Some(usage) = usage else {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use cedar_policy::{
     Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
 };
+use cedar_policy_core::ast;
 use sha2::{Digest, Sha256};
 
 mod errors;
@@ -66,7 +67,7 @@ pub struct PolicySnapshot {
     /// When the snapshot was built.
     pub loaded_at: SystemTime,
     /// Each schema action with its action-group ancestors, ready to join a decision's entities.
-    actions: HashMap<EntityUid, Vec<Entity>>,
+    actions: HashMap<EntityUid, Vec<Arc<ast::Entity>>>,
     authorizer: Authorizer,
     /// The policies whose scope can match each request shape seen.
     scopes: scope::Scopes,
@@ -93,7 +94,7 @@ impl PolicySnapshot {
     ///
     /// `None` when there is no schema (actions then live in the entity store) or the schema does
     /// not declare the action.
-    pub fn action_entities(&self, action: &EntityUid) -> Option<&[Entity]> {
+    pub fn action_entities(&self, action: &EntityUid) -> Option<&[Arc<ast::Entity>]> {
         self.actions.get(action).map(Vec::as_slice)
     }
 
@@ -359,22 +360,26 @@ fn validate(
     )]))
 }
 
-/// Maps every schema action to itself plus its action-group ancestors.
-fn action_closures(schema: &Schema) -> Result<HashMap<EntityUid, Vec<Entity>>, LoadError> {
+/// Maps every schema action to itself plus its action-group ancestors (each with its ancestor
+/// closure, as the schema computes it).
+fn action_closures(
+    schema: &Schema,
+) -> Result<HashMap<EntityUid, Vec<Arc<ast::Entity>>>, LoadError> {
     let actions = schema
         .action_entities()
         .map_err(|e| LoadError::Invalid(vec![file_error("", format!("schema actions: {e}"))]))?;
     let by_uid: HashMap<EntityUid, &Entity> = actions.iter().map(|e| (e.uid(), e)).collect();
     let mut out = HashMap::new();
+    let core = |e: &Entity| Arc::new(AsRef::<ast::Entity>::as_ref(e).clone());
     for (uid, entity) in &by_uid {
-        let mut closure = vec![(*entity).clone()];
+        let mut closure = vec![core(entity)];
         let mut seen: HashSet<EntityUid> = HashSet::from([uid.clone()]);
         if let Some(ancestors) = actions.ancestors(uid) {
             for a in ancestors {
                 if seen.insert(a.clone())
                     && let Some(e) = by_uid.get(a)
                 {
-                    closure.push((*e).clone());
+                    closure.push(core(e));
                 }
             }
         }

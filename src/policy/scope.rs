@@ -9,9 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
-    ActionConstraint, Entity, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
+    ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
+use cedar_policy_core::ast;
+
+/// Each schema action with its action groups (see `PolicySnapshot::action_entities`).
+type ActionClosures = HashMap<EntityUid, Vec<Arc<ast::Entity>>>;
 
 /// What a policy's scope can be tested against before evaluation.
 type ScopeKey = (EntityTypeName, EntityUid, EntityTypeName);
@@ -32,7 +36,7 @@ impl Scopes {
     pub fn applicable(
         &self,
         policies: &PolicySet,
-        actions: &HashMap<EntityUid, Vec<Entity>>,
+        actions: &ActionClosures,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
@@ -56,14 +60,14 @@ impl Scopes {
 
 fn subset(
     policies: &PolicySet,
-    actions: &HashMap<EntityUid, Vec<Entity>>,
+    actions: &ActionClosures,
     (ptype, action, rtype): &ScopeKey,
 ) -> PolicySet {
     // The action and its groups; without a schema, groups live in the store and are not
     // known here, so `action in [...]` scopes are kept.
     let action_closure: Option<Vec<EntityUid>> = actions
         .get(action)
-        .map(|c| c.iter().map(Entity::uid).collect());
+        .map(|c| c.iter().map(|e| EntityUid::from(e.uid().clone())).collect());
     let action_ok = |p: &Policy| match p.action_constraint() {
         ActionConstraint::Any => true,
         ActionConstraint::Eq(a) => &a == action,

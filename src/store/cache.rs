@@ -1,8 +1,10 @@
-//! A bounded cache of parsed entities that can never serve a value older than the last write.
+//! A bounded cache of resolved entities that can never serve a value older than the last write.
 //!
-//! Parsing Cedar entity JSON costs far more than evaluating policies, so decisions read parsed
-//! entities from here. Each entry holds only its own entity's data, so a write invalidates
-//! exactly the entities it wrote.
+//! Decoding entity JSON costs far more than evaluating policies, so decisions read resolved
+//! entities from here. An entry holds its entity's own data and its ancestor closure, so a write
+//! invalidates the entities it wrote, and also every entry when it changed the ancestors of an
+//! entity that has descendants (their closures are then stale). Writes that move a subtree are
+//! rare; writes of leaves (users, items) are the common case and evict only themselves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -10,10 +12,10 @@ use std::sync::{Arc, RwLock};
 use cedar_policy::EntityUid;
 use quick_cache::sync::Cache;
 
-use super::codec::Parsed;
+use super::resolve::Resolved;
 
 /// `None` entries remember that an entity is absent.
-type Entry = Option<Arc<Parsed>>;
+pub(super) type Entry = Option<Arc<Resolved>>;
 
 pub(super) struct EntityCache {
     entries: Cache<EntityUid, Entry>,
@@ -22,6 +24,14 @@ pub(super) struct EntityCache {
     /// Counts writes. A reader fills the cache only if no write committed since it began
     /// reading, so a slow reader can never re-insert what a write just replaced.
     epoch: RwLock<u64>,
+}
+
+/// What a write tells the cache.
+pub(super) enum Invalidate {
+    /// Only the written entities changed.
+    Written,
+    /// The ancestors of some entity with descendants changed: every closure may be stale.
+    Everything,
 }
 
 impl EntityCache {
@@ -70,19 +80,25 @@ impl EntityCache {
         }
     }
 
-    /// Runs a backend write and drops the cached copies of `uids`, excluding fills meanwhile.
-    ///
-    /// The entries are dropped even when the write fails: its outcome may be unknown.
+    /// Runs a backend write and drops what it made stale, excluding fills meanwhile: the cached
+    /// copies of `uids`, or everything when `scope` says so. A failed write drops everything:
+    /// its outcome may be unknown.
     pub(super) fn write<T, E>(
         &self,
         uids: &[&EntityUid],
         write: impl FnOnce() -> Result<T, E>,
+        scope: impl FnOnce(&T) -> Invalidate,
     ) -> Result<T, E> {
         let result = write();
         let mut epoch = self.epoch.write().unwrap_or_else(|p| p.into_inner());
         *epoch += 1;
-        for uid in uids {
-            self.entries.remove(*uid);
+        match result.as_ref().map(scope) {
+            Ok(Invalidate::Written) => {
+                for uid in uids {
+                    self.entries.remove(*uid);
+                }
+            }
+            Ok(Invalidate::Everything) | Err(_) => self.entries.clear(),
         }
         result
     }

@@ -27,10 +27,10 @@ pub struct Record {
     pub quota: Option<i64>,
 }
 
-/// An entity parsed once from its record, ready for decisions.
+/// An entity decoded from its stored record, before its ancestors are resolved.
 #[derive(Debug)]
-pub struct Parsed {
-    /// The Cedar entity.
+pub struct Decoded {
+    /// The Cedar entity, with its direct parents only.
     pub entity: Entity,
     /// Direct parents.
     pub parents: Vec<EntityUid>,
@@ -193,7 +193,7 @@ pub fn encode(entity: &Entity) -> Result<Record, String> {
 }
 
 /// Parses a stored entity body back into an entity, its parents and the uids it points at.
-pub fn decode(uid: &EntityUid, body: &str) -> Result<Parsed, DecodeError> {
+pub fn decode(uid: &EntityUid, body: &str) -> Result<Decoded, DecodeError> {
     let fail = |message: String| DecodeError {
         uid: uid.to_string(),
         message,
@@ -215,7 +215,7 @@ pub fn decode(uid: &EntityUid, body: &str) -> Result<Parsed, DecodeError> {
             (entity, refs)
         }
     };
-    Ok(Parsed {
+    Ok(Decoded {
         entity,
         parents,
         refs,

@@ -8,16 +8,19 @@
 mod cache;
 pub mod codec;
 mod materialize;
+pub mod resolve;
 mod slice;
 pub mod sqlite;
 
 use std::sync::Arc;
 
-use cedar_policy::{Entity, EntityUid};
+use cedar_policy::EntityUid;
+use cedar_policy_core::ast;
 
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
-use cache::EntityCache;
+use cache::{EntityCache, Entry, Invalidate};
 pub use codec::Record;
+pub use resolve::Resolved;
 
 /// What a backend can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -41,19 +44,27 @@ pub enum StoreError {
     Corrupt(#[from] codec::DecodeError),
 }
 
+/// What a committed write changed, as far as cached ancestor closures are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteEffect {
+    /// Some written or deleted entity that has stored descendants got other ancestors (new
+    /// parents, none any more, or gone): the closures of those descendants changed too.
+    pub hierarchy_changed: bool,
+}
+
 /// The operations a storage backend provides. Every method blocks; callers on an async runtime
 /// run them on a blocking thread.
 pub trait EntityStore: Send + Sync {
     /// Inserts or replaces every record in one durable transaction: all of them or none.
     /// Refuses ([`StoreError::Cycle`]) a write after which an entity would be its own ancestor.
-    fn upsert(&self, records: &[Record]) -> Result<(), StoreError>;
-    /// Removes one entity; `false` when it was absent.
-    fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError>;
+    fn upsert(&self, records: &[Record]) -> Result<WriteEffect, StoreError>;
+    /// Removes one entity; `None` when it was absent.
+    fn delete(&self, uid: &EntityUid) -> Result<Option<WriteEffect>, StoreError>;
     /// The stored record of one entity.
     fn get(&self, uid: &EntityUid) -> Result<Option<Record>, StoreError>;
-    /// The uid and stored body of `uid` (when stored) and of every stored ancestor, in one
-    /// indexed query. Bodies are returned unparsed: the caller parses each once.
-    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<(EntityUid, String)>, StoreError>;
+    /// The stored body (canonical entity JSON) of one entity, unparsed: the caller decodes it
+    /// once. The read behind every cache miss, so a backend keeps it to one indexed lookup.
+    fn body(&self, uid: &EntityUid) -> Result<Option<String>, StoreError>;
     /// Number of stored entities.
     fn count(&self) -> Result<u64, StoreError>;
     /// Checks that the backend answers, cheaply.
@@ -103,7 +114,7 @@ impl<T: EntityStore + StorageLedger> Backend for T {
     }
 }
 
-/// A backend behind a cache of parsed entities, with decision slicing on top.
+/// A backend behind a cache of resolved entities, with decision slicing on top.
 pub struct Store {
     backend: Box<dyn Backend>,
     cache: EntityCache,
@@ -126,12 +137,20 @@ impl Store {
     /// Writes `records` atomically; once this returns, every decision sees them.
     pub fn upsert(&self, records: &[Record]) -> Result<(), StoreError> {
         let uids: Vec<&EntityUid> = records.iter().map(|r| &r.uid).collect();
-        self.cache.write(&uids, || self.backend.upsert(records))
+        self.cache
+            .write(&uids, || self.backend.upsert(records), |e| invalidate(*e))
+            .map(drop)
     }
 
-    /// Deletes one entity; once this returns, no decision sees it.
+    /// Deletes one entity; once this returns, no decision sees it. `false` when it was absent.
     pub fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError> {
-        self.cache.write(&[uid], || self.backend.delete(uid))
+        self.cache
+            .write(
+                &[uid],
+                || self.backend.delete(uid),
+                |e| e.map_or(Invalidate::Written, invalidate),
+            )
+            .map(|e| e.is_some())
     }
 
     /// The stored record of one entity.
@@ -149,7 +168,7 @@ impl Store {
         self.backend.scan(visit)
     }
 
-    /// Parsed-entity cache `(hits, misses, entries)` since start.
+    /// Entity cache `(hits, misses, entries)` since start.
     pub fn cache_stats(&self) -> (u64, u64, usize) {
         self.cache.stats()
     }
@@ -159,15 +178,20 @@ impl Store {
         self.backend.ping()
     }
 
-    /// Every stored entity a decision can touch: the `roots`, all their ancestors, and the
-    /// entities reachable through attributes up to `depth` dereferences (with their ancestors).
-    pub fn slice(&self, roots: &[EntityUid], depth: u32) -> Result<Vec<Entity>, StoreError> {
+    /// Every stored entity a decision can touch: the `roots` and the entities reachable from
+    /// them through attributes in fewer than `depth` dereferences, each with its ancestors
+    /// resolved (see [`slice`]).
+    pub fn slice(
+        &self,
+        roots: &[EntityUid],
+        depth: u32,
+    ) -> Result<Vec<Arc<ast::Entity>>, StoreError> {
         slice::slice(roots, depth, |uid| self.fetch(uid))
     }
 
     /// [`Store::slice`] from the cache alone: `None` as soon as an entity is not cached. Never
     /// blocks, so a decision whose entities are all cached needs no trip to a blocking thread.
-    pub fn slice_cached(&self, roots: &[EntityUid], depth: u32) -> Option<Vec<Entity>> {
+    pub fn slice_cached(&self, roots: &[EntityUid], depth: u32) -> Option<Vec<Arc<ast::Entity>>> {
         slice::slice(roots, depth, |uid| self.cache.get(uid).ok_or(())).ok()
     }
 
@@ -178,49 +202,78 @@ impl Store {
         uid: &EntityUid,
         org_type: &str,
     ) -> Result<Option<String>, StoreError> {
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![uid.clone()];
-        let mut found: Option<String> = None;
-        while let Some(u) = stack.pop() {
-            if !seen.insert(u.clone()) {
-                continue;
-            }
-            if u.type_name().to_string() == org_type {
-                let id = u.id().unescaped().to_owned();
-                if found.as_ref().is_none_or(|f| id < *f) {
-                    found = Some(id);
-                }
-                if u == *uid {
-                    return Ok(found);
-                }
-            }
-            if let Some(parsed) = self.fetch(&u)? {
-                stack.extend(parsed.parents.iter().cloned());
-            }
+        if uid.type_name().to_string() == org_type {
+            return Ok(Some(uid.id().unescaped().to_owned()));
         }
-        Ok(found)
+        let Some(found) = self.fetch(uid)? else {
+            return Ok(None);
+        };
+        Ok(found
+            .ancestors()
+            .filter(|a| a.entity_type().to_string() == org_type)
+            .map(|a| a.eid().as_ref().to_owned())
+            .min())
     }
 
-    /// One parsed entity, from the cache or else the backend (which also warms its ancestors).
-    fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<codec::Parsed>>, StoreError> {
+    /// One resolved entity, from the cache or else the backend. A miss also resolves (and
+    /// caches) the ancestors its closure is built from.
+    fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
         if let Some(hit) = self.cache.get(uid) {
             return Ok(hit);
         }
         let epoch = self.cache.epoch();
-        let stored = self.backend.get_with_ancestors(uid)?;
-        let mut found = None;
-        let mut parsed = Vec::with_capacity(stored.len());
-        for (stored_uid, body) in stored {
-            let p = Arc::new(codec::decode(&stored_uid, &body)?);
-            if stored_uid == *uid {
-                found = Some(p.clone());
-            }
-            parsed.push((stored_uid, Some(p)));
-        }
-        if found.is_none() {
-            parsed.push((uid.clone(), None));
-        }
-        self.cache.fill(epoch, parsed);
+        let mut loaded = Vec::new();
+        let found = self.load(uid, &mut Vec::new(), &mut loaded)?;
+        self.cache.fill(epoch, loaded);
         Ok(found)
+    }
+
+    /// Reads and resolves `uid` and, first, its parents (from the cache, or recursively from
+    /// the backend). `path` holds the entities being resolved below this one, so a cycle in
+    /// stored data (which writes refuse) is reported as corruption instead of recursing
+    /// forever. `loaded` collects what was read, for the cache.
+    fn load(
+        &self,
+        uid: &EntityUid,
+        path: &mut Vec<EntityUid>,
+        loaded: &mut Vec<(EntityUid, Entry)>,
+    ) -> Result<Entry, StoreError> {
+        if let Some((_, entry)) = loaded.iter().find(|(u, _)| u == uid) {
+            return Ok(entry.clone());
+        }
+        if !path.is_empty()
+            && let Some(hit) = self.cache.get(uid)
+        {
+            return Ok(hit);
+        }
+        if path.contains(uid) {
+            return Err(StoreError::Corrupt(codec::DecodeError {
+                uid: uid.to_string(),
+                message: "it is its own ancestor (a cycle in the stored hierarchy)".to_owned(),
+            }));
+        }
+        let entry = match self.backend.body(uid)? {
+            None => None,
+            Some(body) => {
+                let decoded = codec::decode(uid, &body)?;
+                path.push(uid.clone());
+                let mut parents = Vec::with_capacity(decoded.parents.len());
+                for parent in &decoded.parents {
+                    parents.push(self.load(parent, path, loaded)?);
+                }
+                path.pop();
+                Some(Arc::new(resolve::resolve(decoded, &parents)))
+            }
+        };
+        loaded.push((uid.clone(), entry.clone()));
+        Ok(entry)
+    }
+}
+
+fn invalidate(effect: WriteEffect) -> Invalidate {
+    if effect.hierarchy_changed {
+        Invalidate::Everything
+    } else {
+        Invalidate::Written
     }
 }

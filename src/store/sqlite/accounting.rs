@@ -23,6 +23,13 @@ pub(super) struct Before {
     parents: Vec<Key>,
 }
 
+impl Before {
+    /// The parent edges the entity had, none when it was not stored.
+    pub(super) fn parents_of_stored(&self) -> &[Key] {
+        if self.existed { &self.parents } else { &[] }
+    }
+}
+
 /// Reads what a write is about to replace.
 pub(super) fn before(conn: &Connection, key: &Key) -> Result<Before, StoreError> {
     let mut stmt =

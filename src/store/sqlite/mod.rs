@@ -15,7 +15,7 @@ mod accounting;
 mod ledger;
 
 use super::codec::{DecodeError, Record, uid_from_strs};
-use super::{EntityStore, StorageLedger, StoreError};
+use super::{EntityStore, StorageLedger, StoreError, WriteEffect};
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use accounting::{Dirty, Key};
 
@@ -221,7 +221,7 @@ fn record_from_row(ty: &str, id: &str, body: String) -> Result<Record, StoreErro
 }
 
 impl EntityStore for SqliteStore {
-    fn upsert(&self, records: &[Record]) -> Result<(), StoreError> {
+    fn upsert(&self, records: &[Record]) -> Result<WriteEffect, StoreError> {
         self.write(|tx| {
             let mut put = tx.prepare_cached(
                 "INSERT INTO entities (etype, eid, body, size, quota) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -234,6 +234,7 @@ impl EntityStore for SqliteStore {
                 "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid) VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut dirty = Dirty::default();
+            let mut moved = Vec::new();
             for r in records {
                 let k = key(&r.uid);
                 let was = accounting::before(tx, &k)?;
@@ -245,6 +246,9 @@ impl EntityStore for SqliteStore {
                 }
                 parents.sort();
                 parents.dedup();
+                if was.parents_of_stored() != parents.as_slice() {
+                    moved.push(k.clone());
+                }
                 dirty.note(&k, &was, Some((r.size, &parents)));
             }
             // Checked after all edges are in, inside the write lock, so a cycle made of
@@ -266,23 +270,38 @@ impl EntityStore for SqliteStore {
                     return Err(StoreError::Cycle(r.uid.to_string()));
                 }
             }
-            dirty.apply(tx)
+            let mut effect = WriteEffect::default();
+            for (ty, id) in &moved {
+                if has_children.exists(params![ty, id])? {
+                    effect.hierarchy_changed = true;
+                    break;
+                }
+            }
+            dirty.apply(tx)?;
+            Ok(effect)
         })
     }
 
-    fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError> {
+    fn delete(&self, uid: &EntityUid) -> Result<Option<WriteEffect>, StoreError> {
         let k = key(uid);
         self.write(|tx| {
             let was = accounting::before(tx, &k)?;
             let n = tx
                 .prepare_cached("DELETE FROM entities WHERE etype = ?1 AND eid = ?2")?
                 .execute(params![k.0, k.1])?;
+            if n == 0 {
+                return Ok(None);
+            }
             tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?
                 .execute(params![k.0, k.1])?;
+            let hierarchy_changed = !was.parents_of_stored().is_empty()
+                && tx
+                    .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
+                    .exists(params![k.0, k.1])?;
             let mut dirty = Dirty::default();
             dirty.note(&k, &was, None);
             dirty.apply(tx)?;
-            Ok(n > 0)
+            Ok(Some(WriteEffect { hierarchy_changed }))
         })
     }
 
@@ -297,33 +316,13 @@ impl EntityStore for SqliteStore {
         })
     }
 
-    fn get_with_ancestors(&self, uid: &EntityUid) -> Result<Vec<(EntityUid, String)>, StoreError> {
+    fn body(&self, uid: &EntityUid) -> Result<Option<String>, StoreError> {
         let (ty, id) = key(uid);
         self.read(|conn| {
-            // UNION (not UNION ALL) makes cyclic parent data terminate.
-            let mut stmt = conn.prepare_cached(
-                "WITH RECURSIVE closure (t, i) AS (
-                     VALUES (?1, ?2)
-                     UNION
-                     SELECT p.ptype, p.pid FROM parents p
-                     JOIN closure c ON p.ctype = c.t AND p.cid = c.i
-                 )
-                 SELECT e.etype, e.eid, e.body FROM closure c
-                 JOIN entities e ON e.etype = c.t AND e.eid = c.i",
-            )?;
-            let rows = stmt.query_map(params![ty, id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (t, i, body) = row?;
-                out.push((stored_uid(&t, &i)?, body));
-            }
-            Ok(out)
+            Ok(conn
+                .prepare_cached("SELECT body FROM entities WHERE etype = ?1 AND eid = ?2")?
+                .query_row(params![ty, id], |r| r.get(0))
+                .optional()?)
         })
     }
 
