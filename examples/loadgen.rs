@@ -95,6 +95,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let run = measure(&args, shape, addr, daemon, "policyd")?;
+    if let Some(dir) = &_dir {
+        report_activity_size(&dir.path().join("activity.db"))?;
+    }
     if let Some(floor) = floor {
         println!(
             "policyd / bare hyper: {:.2} ({:.0} / {:.0} requests/s)",
@@ -153,6 +156,28 @@ fn measure(
         );
     }
     Ok(run)
+}
+
+/// Bytes the daemon's activity log takes on disk (database and WAL, indexes and names
+/// included) per record it holds.
+fn report_activity_size(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let conn = rusqlite::Connection::open(path)?;
+    let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+    let names: i64 = conn.query_row("SELECT count(*) FROM names", [], |r| r.get(0))?;
+    // Fold the WAL into the database so the file holds everything.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    drop(conn);
+    let mut bytes = std::fs::metadata(path)?.len();
+    let wal = path.with_extension("db-wal");
+    bytes += std::fs::metadata(&wal).map_or(0, |m| m.len());
+    println!(
+        "activity log: {records} records, {names} names, {bytes} bytes on disk: {:.1} bytes per record",
+        bytes as f64 / records.max(1) as f64
+    );
+    Ok(())
 }
 
 /// The floor: a bare hyper server on the same runtime and HTTP settings as the daemon, that

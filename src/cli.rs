@@ -82,12 +82,16 @@ pub struct ServeArgs {
     /// Activity log database (default: activity.db beside --db).
     #[arg(long, env = "POLICYD_ACTIVITY_DB")]
     pub activity_db: Option<PathBuf>,
-    /// Days of activity kept; older records are pruned in the background.
+    /// Days of activity kept; older records are deleted in the background.
     #[arg(long, env = "POLICYD_ACTIVITY_RETENTION_DAYS", default_value_t = 90)]
     pub activity_retention_days: u32,
     /// Activity records that may wait for the disk before new ones are dropped (and counted).
     #[arg(long, env = "POLICYD_ACTIVITY_QUEUE", default_value_t = 65_536)]
     pub activity_queue: usize,
+    /// Most bytes the activity log may hold on disk; past it the oldest records are deleted
+    /// (and counted), so the log never fills the disk under the entity store.
+    #[arg(long, env = "POLICYD_ACTIVITY_MAX_BYTES", default_value_t = 1 << 30)]
+    pub activity_max_bytes: u64,
     /// Reload when the policy directory changes (SIGHUP and the API always reload).
     #[arg(long, env = "POLICYD_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch: bool,
@@ -130,6 +134,7 @@ impl ServeArgs {
                     .unwrap_or_else(|| ActivityConfig::beside(&self.db).db_path),
                 retention_days: self.activity_retention_days,
                 queue: self.activity_queue,
+                max_bytes: self.activity_max_bytes,
             },
         })
     }

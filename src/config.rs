@@ -148,6 +148,8 @@ pub struct ActivityConfig {
     pub retention_days: u32,
     /// Records that may wait for the writer before new ones are dropped.
     pub queue: usize,
+    /// The most bytes the log may hold on disk; past it the oldest records are deleted.
+    pub max_bytes: u64,
 }
 
 impl ActivityConfig {
@@ -158,6 +160,7 @@ impl ActivityConfig {
             db_path: db.with_file_name("activity.db"),
             retention_days: 90,
             queue: 65_536,
+            max_bytes: 1 << 30,
         }
     }
 }

@@ -31,12 +31,6 @@ pub enum StartError {
 pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
     crate::reload::spawn(state, config.watch);
     tokio::spawn(sweep_reservations(state.clone()));
-    if state.activity.enabled() {
-        tokio::spawn(prune_activity(
-            state.clone(),
-            config.activity.retention_days,
-        ));
-    }
 }
 
 /// Stops background work that must finish cleanly: commits every queued activity record.
@@ -44,42 +38,6 @@ pub async fn finish(state: &Arc<AppState>) {
     let st = state.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || st.activity.flush_and_stop()).await {
         tracing::error!(error = %e, "flushing the activity log failed");
-    }
-}
-
-/// Prunes activity older than the retention, in small batches so the writer is never starved.
-async fn prune_activity(state: Arc<AppState>, retention_days: u32) {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-    const BATCH: i64 = 5_000;
-    let retention = i64::from(retention_days) * 86_400 * 1_000_000;
-    let mut tick = tokio::time::interval(EVERY);
-    loop {
-        tick.tick().await;
-        let cutoff = crate::storage::now_micros() - retention;
-        let mut total = 0;
-        loop {
-            let st = state.clone();
-            match tokio::task::spawn_blocking(move || st.activity.prune(cutoff, BATCH)).await {
-                Ok(Ok(n)) => {
-                    total += n;
-                    if n < BATCH as usize {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "pruning activity failed");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "activity prune task failed");
-                    break;
-                }
-            }
-        }
-        if total > 0 {
-            tracing::info!(pruned = total, retention_days, "pruned old activity");
-        }
     }
 }
 
@@ -147,7 +105,7 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         tracing::info!(dir = %config.entities_dir.display(), "no entities directory; nothing to seed");
     }
     let activity = if config.activity.enabled {
-        let log = ActivityLog::open(&config.activity.db_path, config.activity.queue)?;
+        let log = ActivityLog::open(&config.activity)?;
         tracing::info!(db = %config.activity.db_path.display(), "activity log on");
         log
     } else {

@@ -110,7 +110,7 @@ pub fn activity(org: &str, records: &[Record]) -> String {
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
-            let e = &r.entry;
+            let e = r;
             let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
             vec![
                 format_micros(r.time),

@@ -349,7 +349,7 @@ fn sigterm_under_load_flushes_every_answered_decision() {
     let mut missing = 0;
     for id in &ids {
         let n: i64 = log
-            .query_row("SELECT count(*) FROM activity WHERE id = ?1", [id], |r| {
+            .query_row("SELECT count(*) FROM records WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .unwrap();

@@ -1,35 +1,57 @@
-//! The activity database: schema, batched inserts, filtered keyset pages, retention pruning.
+//! The activity database: schema, batched inserts, filtered keyset pages, and the two bounds on
+//! its size (retention in days, and bytes on disk).
+//!
+//! A record is a row of small integers: names (uids, organizations, revisions, reason lists)
+//! are interned in `names` (see [`super::names`]), the kind and decision share one column, and
+//! time is stored in microseconds after the log's own epoch (six bytes instead of eight). Ids
+//! are the rowid, so records are appended in id order and pages fill completely; three indexes
+//! serve the per-organization queries.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value as Sql};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
-use super::{Entry, Kind, Record};
+use super::names::{self, Names};
+use super::{Entry, Kind, Queued, Record, Verdict};
 use crate::store::StoreError;
 
+/// Organization column of policy reloads, which concern every organization.
+const EVERY_ORG: i64 = 0;
+/// Organization column of records that belong to none (never listed).
+const NO_ORG: i64 = -1;
+
 const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS activity (
-    id              INTEGER PRIMARY KEY,
-    time            INTEGER NOT NULL,
-    kind            TEXT NOT NULL,
-    principal       TEXT,
-    action          TEXT,
-    resource        TEXT,
-    decision        TEXT,
-    reasons         TEXT NOT NULL,
-    policy_revision TEXT,
-    organization    TEXT
+CREATE TABLE IF NOT EXISTS names (
+    id   INTEGER PRIMARY KEY,
+    text TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    id        INTEGER PRIMARY KEY,
+    org       INTEGER NOT NULL,
+    time      INTEGER NOT NULL,
+    kind      INTEGER NOT NULL,
+    principal INTEGER,
+    action    INTEGER,
+    resource  INTEGER,
+    reasons   INTEGER,
+    revision  INTEGER
 );
 -- Every query is per organization, newest first; the narrower filters have their own paths.
-CREATE INDEX IF NOT EXISTS activity_by_org ON activity (organization, id);
-CREATE INDEX IF NOT EXISTS activity_by_org_principal ON activity (organization, principal, id);
-CREATE INDEX IF NOT EXISTS activity_by_org_resource ON activity (organization, resource, id);
--- Time never decreases with the id: time bounds become id bounds, and pruning walks this.
-CREATE INDEX IF NOT EXISTS activity_by_time ON activity (time);
+CREATE INDEX IF NOT EXISTS records_by_org ON records (org, id);
+CREATE INDEX IF NOT EXISTS records_by_principal ON records (org, principal, id)
+    WHERE principal IS NOT NULL;
+CREATE INDEX IF NOT EXISTS records_by_resource ON records (org, resource, id)
+    WHERE resource IS NOT NULL;
 "#;
 
-/// Opens the database for writing, creating it and its schema.
+/// Opens the database for writing, creating it and its schema, and migrating a log written
+/// by an older policyd (one table of text columns) into the compact form.
 pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
@@ -37,11 +59,27 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
             message: format!("cannot create directory {}: {e}", dir.display()),
         })?;
     }
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     conn.execute_batch("PRAGMA synchronous=FULL;")?;
-    conn.execute_batch(SCHEMA)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
+        params![crate::storage::now_micros()],
+    )?;
+    let old = tx
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'activity'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?;
+    if old.is_some() {
+        migrate_text_log(&tx)?;
+    }
+    tx.commit()?;
     Ok(conn)
 }
 
@@ -55,41 +93,107 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-pub(super) fn last_id(conn: &Connection) -> Result<i64, StoreError> {
+/// The log's epoch: record times are stored relative to it.
+pub(super) fn epoch(conn: &Connection) -> Result<i64, StoreError> {
     Ok(
-        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM activity", [], |r| {
+        conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
             r.get(0)
         })?,
     )
 }
 
-/// Commits a batch in one transaction.
-pub(super) fn insert(conn: &mut Connection, records: &[Record]) -> Result<(), StoreError> {
+/// The last id and time written (0 when empty), so a restarted log continues both.
+pub(super) fn last(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    let epoch = epoch(conn)?;
+    let row: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT id, time FROM records ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.map_or((0, 0), |(id, t)| (id, t + epoch)))
+}
+
+/// Writes a batch in one transaction, interning its names.
+pub(super) fn insert(
+    conn: &mut Connection,
+    names: &mut Names,
+    epoch: i64,
+    batch: &[Queued],
+) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO activity (id, time, kind, principal, action, resource, decision, reasons, policy_revision, organization)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        for r in records {
-            let e = &r.entry;
-            let reasons = serde_json::to_string(&e.reasons).unwrap_or_else(|_| "[]".to_owned());
-            stmt.execute(rusqlite::params![
-                r.id,
-                r.time,
-                e.kind.as_str(),
-                e.principal,
-                e.action,
-                e.resource,
-                e.decision,
-                reasons,
-                e.policy_revision,
-                e.organization
-            ])?;
-        }
+    let written = write_rows(&tx, names, epoch, batch).and_then(|()| Ok(tx.commit()?));
+    if written.is_err() {
+        names.forget();
     }
-    tx.commit()?;
+    written
+}
+
+fn write_rows(
+    tx: &Connection,
+    names: &mut Names,
+    epoch: i64,
+    batch: &[Queued],
+) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO records (id, org, time, kind, principal, action, resource, reasons, revision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for q in batch {
+        let e = &q.entry;
+        let org = match (&e.organization, e.kind) {
+            (_, Kind::PolicyReload) => EVERY_ORG,
+            (Some(o), _) => names.text(tx, o)?,
+            (None, _) => NO_ORG,
+        };
+        let uid = |names: &mut Names, u: &Option<cedar_policy::EntityUid>| {
+            u.as_ref().map(|u| names.uid(tx, u)).transpose()
+        };
+        let principal = uid(names, &e.principal)?;
+        let action = uid(names, &e.action)?;
+        let resource = uid(names, &e.resource)?;
+        let reasons = if e.reasons.is_empty() {
+            None
+        } else {
+            let text = serde_json::to_string(&e.reasons).unwrap_or_else(|_| "[]".to_owned());
+            Some(names.text(tx, &text)?)
+        };
+        let revision = e
+            .policy_revision
+            .as_deref()
+            .map(|r| names.text(tx, r))
+            .transpose()?;
+        stmt.execute(params![
+            q.id,
+            org,
+            q.time - epoch,
+            code(e),
+            principal,
+            action,
+            resource,
+            reasons,
+            revision
+        ])?;
+    }
     Ok(())
+}
+
+/// The kind and the decision in one small integer.
+fn code(e: &Entry) -> i64 {
+    let verdict = e.verdict.map_or(0, |v| v as i64 + 1);
+    e.kind as i64 * 8 + verdict
+}
+
+fn decode(code: i64) -> (Kind, Option<Verdict>) {
+    let kind = Kind::ALL
+        .get(usize::try_from(code / 8).unwrap_or(0))
+        .copied()
+        .unwrap_or(Kind::Decision);
+    let verdict = Verdict::ALL
+        .get(usize::try_from(code % 8 - 1).unwrap_or(usize::MAX))
+        .copied();
+    (kind, verdict)
 }
 
 /// What to list.
@@ -125,113 +229,279 @@ pub struct Page {
 }
 
 /// Newest-first keyset page: the organization's records, merged with the policy reloads (which
-/// belong to no organization and concern them all) when the filters admit them.
+/// concern every organization) when the filters admit them.
 pub(super) fn query(conn: &Connection, f: &Filter) -> Result<Page, StoreError> {
-    let mut records = select(conn, f, Scope::Organization)?;
+    let epoch = epoch(conn)?;
+    let mut ids = Vec::new();
+    // A filter naming something the log never mentioned matches nothing.
+    let mut filters = [None; 3];
+    let mut unknown = false;
+    for (slot, text) in filters
+        .iter_mut()
+        .zip([&f.principal, &f.resource, &f.action])
+    {
+        if let Some(text) = text {
+            match names::find(conn, text)? {
+                Some(id) => *slot = Some(id),
+                None => unknown = true,
+            }
+        }
+    }
+    if !unknown && let Some(org) = names::find(conn, &f.organization)? {
+        ids.extend(select(conn, f, epoch, org, filters)?);
+    }
     let reloads_admitted = f.principal.is_none()
         && f.resource.is_none()
         && f.action.is_none()
         && f.kind.is_none_or(|k| k == Kind::PolicyReload);
     if reloads_admitted {
-        records.extend(select(conn, f, Scope::Reloads)?);
-        records.sort_by_key(|r| std::cmp::Reverse(r.id));
-        records.truncate(f.limit + 1);
+        ids.extend(select(conn, f, epoch, EVERY_ORG, [None; 3])?);
+        ids.sort_by_key(|r| std::cmp::Reverse(r.0));
+        ids.truncate(f.limit + 1);
     }
-    let next_cursor = if records.len() > f.limit {
-        records.truncate(f.limit);
-        records.last().map(|r| r.id)
+    let next_cursor = if ids.len() > f.limit {
+        ids.truncate(f.limit);
+        ids.last().map(|r| r.0)
     } else {
         None
     };
+    let records = resolve(conn, epoch, &ids)?;
     Ok(Page {
         records,
         next_cursor,
     })
 }
 
-enum Scope {
-    Organization,
-    Reloads,
-}
+/// A stored row before its names are resolved.
+type Row = (i64, i64, i64, [Option<i64>; 6]);
 
-/// Up to `limit + 1` matching records of one scope, newest first, each through an index.
-fn select(conn: &Connection, f: &Filter, scope: Scope) -> Result<Vec<Record>, StoreError> {
+/// Up to `limit + 1` matching rows of one organization column, newest first, each through an
+/// index. `filters` are the name ids of principal, resource and action when filtered on.
+fn select(
+    conn: &Connection,
+    f: &Filter,
+    epoch: i64,
+    org: i64,
+    filters: [Option<i64>; 3],
+) -> Result<Vec<Row>, StoreError> {
     let mut sql = String::from(
-        "SELECT id, time, kind, principal, action, resource, decision, reasons, policy_revision, organization
-         FROM activity WHERE ",
+        "SELECT id, time, kind, principal, action, resource, reasons, revision, org
+         FROM records WHERE org = ?",
     );
-    let mut args: Vec<Sql> = Vec::new();
-    match scope {
-        Scope::Organization => {
-            sql.push_str("organization = ?");
-            args.push(Sql::Text(f.organization.clone()));
-        }
-        Scope::Reloads => {
-            sql.push_str("organization IS NULL AND kind = ?");
-            args.push(Sql::Text(Kind::PolicyReload.as_str().to_owned()));
-        }
-    }
-    let mut push = |clause: &str, v: Sql| {
-        sql.push_str(clause);
-        args.push(v);
-    };
-    for (clause, value) in [
-        (" AND principal = ?", &f.principal),
-        (" AND resource = ?", &f.resource),
-        (" AND action = ?", &f.action),
-    ] {
-        if let Some(v) = value {
-            push(clause, Sql::Text(v.clone()));
+    let mut args: Vec<i64> = vec![org];
+    for (column, value) in ["principal", "resource", "action"].iter().zip(filters) {
+        if let Some(id) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            args.push(id);
         }
     }
     if let Some(k) = f.kind {
-        push(" AND kind = ?", Sql::Text(k.as_str().to_owned()));
+        sql.push_str(" AND kind BETWEEN ? AND ?");
+        args.extend([k as i64 * 8, k as i64 * 8 + 7]);
     }
     if let Some(c) = f.before_id {
-        push(" AND id < ?", Sql::Integer(c));
+        sql.push_str(" AND id < ?");
+        args.push(c);
     }
-    // Time bounds as id bounds (time never decreases with id), found through the time index.
+    // Time never decreases with the id: a time bound is also an id bound, found by a binary
+    // search over the rowid, which keeps the scan on the index range.
     if let Some(s) = f.since {
-        push(
-            " AND id >= COALESCE((SELECT id FROM activity WHERE time >= ? ORDER BY time, id LIMIT 1), 9223372036854775807)",
-            Sql::Integer(s),
-        );
+        sql.push_str(" AND id >= ? AND time >= ?");
+        args.extend([first_id_at_or_after(conn, s - epoch)?, s - epoch]);
     }
     if let Some(u) = f.until {
-        push(
-            " AND id <= COALESCE((SELECT id FROM activity WHERE time <= ? ORDER BY time DESC, id DESC LIMIT 1), 0)",
-            Sql::Integer(u),
-        );
+        sql.push_str(" AND id < ? AND time <= ?");
+        args.extend([first_id_at_or_after(conn, u - epoch + 1)?, u - epoch]);
     }
     sql.push_str(" ORDER BY id DESC LIMIT ?");
-    args.push(Sql::Integer(f.limit as i64 + 1));
-
+    args.push(i64::try_from(f.limit + 1).unwrap_or(i64::MAX));
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params_from_iter(args), |r| {
-        let kind: String = r.get(2)?;
-        let reasons: String = r.get(7)?;
-        Ok(Record {
-            id: r.get(0)?,
-            time: r.get(1)?,
-            entry: Entry {
-                kind: Kind::parse(&kind).unwrap_or(Kind::Decision),
-                principal: r.get(3)?,
-                action: r.get(4)?,
-                resource: r.get(5)?,
-                decision: r.get(6)?,
-                reasons: serde_json::from_str(&reasons).unwrap_or_default(),
-                policy_revision: r.get(8)?,
-                organization: r.get(9)?,
-            },
-        })
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            [
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ],
+        ))
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Deletes up to `batch` records older than `cutoff`.
-pub(super) fn prune(conn: &Connection, cutoff: i64, batch: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute(
-        "DELETE FROM activity WHERE id IN (SELECT id FROM activity WHERE time < ?1 ORDER BY time LIMIT ?2)",
-        rusqlite::params![cutoff, batch],
-    )?)
+/// Turns rows into records, reading each distinct name once.
+fn resolve(conn: &Connection, epoch: i64, rows: &[Row]) -> Result<Vec<Record>, StoreError> {
+    let mut texts: HashMap<i64, String> = HashMap::new();
+    let mut name = |id: Option<i64>| -> Result<Option<String>, StoreError> {
+        let Some(id) = id.filter(|id| *id > 0) else {
+            return Ok(None);
+        };
+        if let Some(t) = texts.get(&id) {
+            return Ok(Some(t.clone()));
+        }
+        let text: Option<String> = conn
+            .prepare_cached("SELECT text FROM names WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        if let Some(t) = &text {
+            texts.insert(id, t.clone());
+        }
+        Ok(text)
+    };
+    rows.iter()
+        .map(|&(id, time, code, [p, a, r, reasons, revision, org])| {
+            let (kind, verdict) = decode(code);
+            Ok(Record {
+                id,
+                time: time + epoch,
+                kind,
+                principal: name(p)?,
+                action: name(a)?,
+                resource: name(r)?,
+                decision: verdict.map(|v| v.as_str().to_owned()),
+                reasons: name(reasons)?
+                    .map(|t| serde_json::from_str(&t).unwrap_or_default())
+                    .unwrap_or_default(),
+                policy_revision: name(revision)?,
+                organization: name(org)?,
+            })
+        })
+        .collect()
+}
+
+/// The smallest id whose (relative) time is at least `time`; one past the last id when none.
+/// Records' times never decrease with their ids, so this is a binary search over the rowid.
+fn first_id_at_or_after(conn: &Connection, time: i64) -> Result<i64, StoreError> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(hi)) = (lo, hi) else {
+        return Ok(1);
+    };
+    let mut hi = hi + 1;
+    let mut probe =
+        conn.prepare_cached("SELECT id, time FROM records WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (id, t): (i64, i64) = probe.query_row(params![mid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if t >= time {
+            hi = mid.min(id);
+        } else {
+            lo = id + 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// Deletes every record older than `cutoff` (microseconds since the Unix epoch), oldest first
+/// in chunks; returns how many.
+pub(super) fn expire(conn: &Connection, cutoff: i64) -> Result<u64, StoreError> {
+    let before = first_id_at_or_after(conn, cutoff - epoch(conn)?)?;
+    delete_below(conn, before)
+}
+
+/// Bytes the log's pages hold (free pages excluded: they are reused before the file grows).
+pub(super) fn used_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(u64::try_from((pages - free) * size).unwrap_or(0))
+}
+
+/// Deletes the oldest records until the log uses at most `target` bytes; returns how many.
+pub(super) fn shrink_to(conn: &Connection, target: u64) -> Result<u64, StoreError> {
+    let mut pruned = 0;
+    loop {
+        let used = used_bytes(conn)?;
+        if used <= target {
+            return Ok(pruned);
+        }
+        let (lo, hi, n): (Option<i64>, Option<i64>, i64) =
+            conn.query_row("SELECT min(id), max(id), count(*) FROM records", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(pruned);
+        };
+        // Drop the share of records the excess represents (at least 1%), oldest first.
+        let share = ((used - target) as f64 / used as f64).max(0.01);
+        let span = ((hi - lo + 1) as f64 * share).ceil() as i64;
+        let removed = delete_below(conn, lo + span.max(1))?;
+        pruned += removed;
+        if removed == 0 || n == 0 {
+            return Ok(pruned);
+        }
+    }
+}
+
+/// Deletes records with ids below `id`, in chunks so the writer's transactions stay short.
+fn delete_below(conn: &Connection, id: i64) -> Result<u64, StoreError> {
+    const CHUNK: i64 = 10_000;
+    let mut total = 0;
+    loop {
+        let n = conn
+            .prepare_cached(
+                "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE id < ?1 ORDER BY id LIMIT ?2)",
+            )?
+            .execute(params![id, CHUNK])?;
+        total += n as u64;
+        if (n as i64) < CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
+/// Moves the rows of the first activity format (a table of text columns) into the compact one.
+fn migrate_text_log(tx: &Connection) -> Result<(), StoreError> {
+    let epoch = epoch(tx)?;
+    let oldest: Option<i64> = tx.query_row("SELECT min(time) FROM activity", [], |r| r.get(0))?;
+    let epoch = match oldest {
+        Some(t) if t < epoch => {
+            tx.execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", params![t])?;
+            t
+        }
+        _ => epoch,
+    };
+    let mut names = Names::new();
+    let mut stmt = tx.prepare(
+        "SELECT id, time, kind, principal, action, resource, decision, reasons, policy_revision, organization
+         FROM activity WHERE id > ?1 ORDER BY id LIMIT 10000",
+    )?;
+    let mut after = i64::MIN;
+    loop {
+        let mut rows = stmt.query(params![after])?;
+        let mut batch = Vec::new();
+        while let Some(r) = rows.next()? {
+            let text = |i: usize| r.get::<_, Option<String>>(i);
+            let uid = |t: Option<String>| t.and_then(|t| t.parse().ok());
+            let kind: String = r.get(2)?;
+            let reasons: String = r.get(7)?;
+            batch.push(Queued {
+                id: r.get(0)?,
+                time: r.get(1)?,
+                entry: Entry {
+                    kind: Kind::parse(&kind).unwrap_or(Kind::Decision),
+                    principal: uid(text(3)?),
+                    action: uid(text(4)?),
+                    resource: uid(text(5)?),
+                    verdict: text(6)?.and_then(|v| Verdict::parse(&v)),
+                    reasons: serde_json::from_str(&reasons).unwrap_or_default(),
+                    policy_revision: text(8)?.map(Into::into),
+                    organization: text(9)?,
+                },
+            });
+        }
+        let Some(last) = batch.last() else { break };
+        after = last.id;
+        write_rows(tx, &mut names, epoch, &batch)?;
+    }
+    drop(stmt);
+    tx.execute_batch("DROP TABLE activity;")?;
+    Ok(())
 }

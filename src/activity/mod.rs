@@ -5,8 +5,12 @@
 //! thread commits them in that order, so the records visible to a reader are always a prefix of
 //! the id sequence: pagination by id never skips a record that commits later. The queue is
 //! bounded; when it is full a record is dropped and counted, and the request still answers.
+//! Queuing a record copies no text: uids are kept as they are and formatted (once per distinct
+//! name) by the writer. The writer also keeps the log within its retention and its size bound
+//! (`--activity-max-bytes`), pruning the oldest records first.
 
 mod db;
+mod names;
 mod writer;
 
 use std::collections::VecDeque;
@@ -14,8 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use cedar_policy::EntityUid;
+
 pub use db::{Filter, Page};
 
+use crate::config::ActivityConfig;
 use crate::storage::now_micros;
 use crate::store::StoreError;
 
@@ -23,17 +30,25 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// An is-allowed question and its answer.
-    Decision,
+    Decision = 0,
     /// An entity written.
-    EntityUpsert,
+    EntityUpsert = 1,
     /// An entity deleted.
-    EntityDelete,
+    EntityDelete = 2,
     /// A policy reload attempt.
-    PolicyReload,
+    PolicyReload = 3,
 }
 
 impl Kind {
-    /// The name used in JSON and in the database.
+    /// Every kind, by its stored number.
+    pub const ALL: [Kind; 4] = [
+        Kind::Decision,
+        Kind::EntityUpsert,
+        Kind::EntityDelete,
+        Kind::PolicyReload,
+    ];
+
+    /// The name used in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Decision => "decision",
@@ -45,14 +60,54 @@ impl Kind {
 
     /// Parses [`Kind::as_str`].
     pub fn parse(s: &str) -> Option<Kind> {
-        [
-            Kind::Decision,
-            Kind::EntityUpsert,
-            Kind::EntityDelete,
-            Kind::PolicyReload,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The outcome a record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A decision allowed the request.
+    Allow = 0,
+    /// A decision denied the request.
+    Deny = 1,
+    /// A reload put a new policy set live.
+    Applied = 2,
+    /// A reload was refused; the previous set stays live.
+    Refused = 3,
+}
+
+impl Verdict {
+    /// Every verdict, by its stored number.
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Allow,
+        Verdict::Deny,
+        Verdict::Applied,
+        Verdict::Refused,
+    ];
+
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "Allow",
+            Verdict::Deny => "Deny",
+            Verdict::Applied => "applied",
+            Verdict::Refused => "refused",
+        }
+    }
+
+    /// Parses [`Verdict::as_str`].
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The verdict of a decision.
+    pub fn of(allowed: bool) -> Verdict {
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        }
     }
 }
 
@@ -61,18 +116,18 @@ impl Kind {
 pub struct Entry {
     /// The kind.
     pub kind: Kind,
-    /// Cedar uid string of the principal, for decisions.
-    pub principal: Option<String>,
-    /// Cedar uid string of the action, for decisions.
-    pub action: Option<String>,
-    /// Cedar uid string of the resource (decisions) or the entity written.
-    pub resource: Option<String>,
-    /// `Allow` or `Deny`, for decisions.
-    pub decision: Option<String>,
+    /// The principal, for decisions.
+    pub principal: Option<EntityUid>,
+    /// The action, for decisions.
+    pub action: Option<EntityUid>,
+    /// The resource (decisions) or the entity written.
+    pub resource: Option<EntityUid>,
+    /// The decision, or the outcome of a reload.
+    pub verdict: Option<Verdict>,
     /// Determining policies (decisions) or errors (failed reloads).
     pub reasons: Vec<String>,
     /// The policy revision in force.
-    pub policy_revision: Option<String>,
+    pub policy_revision: Option<Arc<str>>,
     /// Id of the organization the resource (or else the principal) belongs to.
     pub organization: Option<String>,
 }
@@ -85,7 +140,7 @@ impl Entry {
             principal: None,
             action: None,
             resource: None,
-            decision: None,
+            verdict: None,
             reasons: Vec::new(),
             policy_revision: None,
             organization: None,
@@ -93,19 +148,41 @@ impl Entry {
     }
 }
 
-/// A stored record.
+/// An entry with the id and time the log gave it, waiting for the writer.
+#[derive(Debug)]
+struct Queued {
+    id: i64,
+    time: i64,
+    entry: Entry,
+}
+
+/// A stored record, as a reader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Increasing id; also the pagination key.
     pub id: i64,
     /// Microseconds since the Unix epoch; never decreases with the id.
     pub time: i64,
-    /// The entry.
-    pub entry: Entry,
+    /// The kind.
+    pub kind: Kind,
+    /// Cedar uid string of the principal, for decisions.
+    pub principal: Option<String>,
+    /// Cedar uid string of the action, for decisions.
+    pub action: Option<String>,
+    /// Cedar uid string of the resource (decisions) or the entity written.
+    pub resource: Option<String>,
+    /// `Allow` or `Deny` (decisions), `applied` or `refused` (reloads).
+    pub decision: Option<String>,
+    /// Determining policies (decisions) or errors (failed reloads).
+    pub reasons: Vec<String>,
+    /// The policy revision in force.
+    pub policy_revision: Option<String>,
+    /// Id of the organization the record belongs to (none for reloads).
+    pub organization: Option<String>,
 }
 
 /// Counters for the status endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
     /// Whether records are kept at all.
     pub enabled: bool,
@@ -117,10 +194,14 @@ pub struct Stats {
     pub dropped: u64,
     /// Batches the writer failed to commit (their records are lost and counted as dropped).
     pub failed_batches: u64,
+    /// Records deleted since start because they were older than the retention.
+    pub expired: u64,
+    /// Records deleted since start, oldest first, to keep the log within its size bound.
+    pub pruned: u64,
 }
 
 struct Queue {
-    records: VecDeque<Record>,
+    records: VecDeque<Queued>,
     next_id: i64,
     last_time: i64,
     stopping: bool,
@@ -133,6 +214,8 @@ pub(crate) struct Shared {
     written: AtomicU64,
     dropped: AtomicU64,
     failed_batches: AtomicU64,
+    expired: AtomicU64,
+    pruned: AtomicU64,
 }
 
 /// Handle to the activity log. Dropping it flushes the queue.
@@ -161,30 +244,37 @@ impl ActivityLog {
         }
     }
 
-    /// Opens (creating if needed) the log database at `path` and starts its writer thread.
-    pub fn open(path: &Path, capacity: usize) -> Result<ActivityLog, StoreError> {
+    /// Opens (creating or upgrading if needed) the log database and starts its writer thread.
+    pub fn open(config: &ActivityConfig) -> Result<ActivityLog, StoreError> {
+        let path = &config.db_path;
         let conn = db::open(path)?;
-        let last_id = db::last_id(&conn)?;
+        let (last_id, last_time) = db::last(&conn)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 records: VecDeque::new(),
                 next_id: last_id + 1,
-                last_time: 0,
+                last_time,
                 stopping: false,
             }),
             wake: Condvar::new(),
-            capacity: capacity.max(1),
+            capacity: config.queue.max(1),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            pruned: AtomicU64::new(0),
         });
-        let handle = writer::spawn(conn, shared.clone()).map_err(|e| StoreError::Open {
+        let bounds = writer::Bounds {
+            retention_micros: i64::from(config.retention_days) * 86_400 * 1_000_000,
+            max_bytes: config.max_bytes,
+        };
+        let handle = writer::spawn(conn, shared.clone(), bounds).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             message: format!("cannot start the activity writer: {e}"),
         })?;
         Ok(ActivityLog {
             shared: Some(shared),
-            path: path.to_path_buf(),
+            path: path.clone(),
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -213,7 +303,7 @@ impl ActivityLog {
         q.next_id += 1;
         let time = now_micros().max(q.last_time);
         q.last_time = time;
-        q.records.push_back(Record { id, time, entry });
+        q.records.push_back(Queued { id, time, entry });
         // The writer only needs waking for the first record of a batch (it then lingers on its
         // own) or a full batch; a wake-up per record would cost a context switch per decision.
         let wake = q.records.len() == 1 || q.records.len() >= writer::BATCH;
@@ -227,13 +317,7 @@ impl ActivityLog {
     /// Current counters.
     pub fn stats(&self) -> Stats {
         match &self.shared {
-            None => Stats {
-                enabled: false,
-                queued: 0,
-                written: 0,
-                dropped: 0,
-                failed_batches: 0,
-            },
+            None => Stats::default(),
             Some(s) => Stats {
                 enabled: true,
                 queued: s
@@ -245,6 +329,8 @@ impl ActivityLog {
                 written: s.written.load(Ordering::Relaxed),
                 dropped: s.dropped.load(Ordering::Relaxed),
                 failed_batches: s.failed_batches.load(Ordering::Relaxed),
+                expired: s.expired.load(Ordering::Relaxed),
+                pruned: s.pruned.load(Ordering::Relaxed),
             },
         }
     }
@@ -282,12 +368,19 @@ impl ActivityLog {
         db::query(&db::open_reader(&self.path)?, filter)
     }
 
-    /// Deletes up to `batch` records older than `cutoff` (microseconds); returns how many.
-    pub fn prune(&self, cutoff: i64, batch: i64) -> Result<usize, StoreError> {
+    /// Deletes the records older than `cutoff` (microseconds since the Unix epoch) now, as the
+    /// writer does every minute for the retention; returns how many. Blocking; opens its own
+    /// connection.
+    pub fn expire(&self, cutoff: i64) -> Result<u64, StoreError> {
         if self.shared.is_none() {
             return Ok(0);
         }
-        db::prune(&db::open(&self.path)?, cutoff, batch)
+        db::expire(&db::open(&self.path)?, cutoff)
+    }
+
+    /// Bytes the log's database uses (free pages excluded). Blocking.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        db::used_bytes(&db::open_reader(&self.path)?)
     }
 }
 

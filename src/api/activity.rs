@@ -112,18 +112,17 @@ pub async fn list(
 
 /// The JSON form of a record.
 pub fn record_json(r: &Record) -> Value {
-    let e = &r.entry;
     json!({
         "id": r.id,
         "time": storage::format_micros(r.time),
-        "kind": e.kind.as_str(),
-        "principal": e.principal,
-        "action": e.action,
-        "resource": e.resource,
-        "decision": e.decision,
-        "reasons": e.reasons,
-        "policy_revision": e.policy_revision,
-        "organization": e.organization,
+        "kind": r.kind.as_str(),
+        "principal": r.principal,
+        "action": r.action,
+        "resource": r.resource,
+        "decision": r.decision,
+        "reasons": r.reasons,
+        "policy_revision": r.policy_revision,
+        "organization": r.organization,
     })
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
-use crate::activity::{Entry, Kind};
+use crate::activity::{Entry, Kind, Verdict};
 use crate::authz::{self, Query};
 use crate::engine;
 use crate::policy::PolicySnapshot;
@@ -96,10 +96,10 @@ fn answer(
             let d = &outcome.decision;
             let id = state.activity.record(Entry {
                 kind: Kind::Decision,
-                principal: Some(query.principal.to_string()),
-                action: Some(query.action.to_string()),
-                resource: Some(query.resource.to_string()),
-                decision: Some(json::decision_word(d).to_owned()),
+                principal: Some(query.principal.clone()),
+                action: Some(query.action.clone()),
+                resource: Some(query.resource.clone()),
+                verdict: Some(Verdict::of(d.allowed)),
                 reasons: d.reasons.clone(),
                 policy_revision: Some(snapshot.revision.clone()),
                 organization: outcome.organization.clone(),

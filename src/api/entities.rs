@@ -105,9 +105,9 @@ fn organizations(
 
 fn change(kind: Kind, uid: &EntityUid, org: Option<String>, revision: &str) -> Entry {
     Entry {
-        resource: Some(uid.to_string()),
+        resource: Some(uid.clone()),
         organization: org,
-        policy_revision: Some(revision.to_owned()),
+        policy_revision: Some(revision.into()),
         ..Entry::new(kind)
     }
 }

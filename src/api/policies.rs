@@ -45,6 +45,8 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
                 "written": a.written,
                 "dropped": a.dropped,
                 "failed_batches": a.failed_batches,
+                "expired": a.expired,
+                "pruned": a.pruned,
             },
             "policies": policies,
         }),

@@ -55,7 +55,7 @@ pub struct PolicySnapshot {
     /// The schema, when the directory has one.
     pub schema: Option<Schema>,
     /// Hex sha256 over the file names and contents that produced this snapshot.
-    pub revision: String,
+    pub revision: Arc<str>,
     /// Hex sha256 of the schema file's content: tells a reload whether the schema changed.
     pub schema_revision: Option<String>,
     /// Policies in file order, then position within the file.
@@ -181,7 +181,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
     Ok(PolicySnapshot {
         policies,
         schema,
-        revision: revision(&sources),
+        revision: revision(&sources).into(),
         schema_revision: sources
             .schema
             .as_ref()

@@ -15,7 +15,7 @@ use arc_swap::ArcSwapOption;
 use cedar_policy::Entity;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::activity::{Entry, Kind};
+use crate::activity::{Entry, Kind, Verdict};
 use crate::policy::{self, PolicySnapshot, SourceError};
 use crate::state::AppState;
 use crate::store::codec::error_chain;
@@ -165,9 +165,13 @@ async fn worker(state: Arc<AppState>, mut rx: mpsc::Receiver<Request>) {
         state.reloader.last.store(Some(Arc::new(status.clone())));
         if status.changed || !status.ok {
             state.activity.record(Entry {
-                policy_revision: Some(status.revision.clone()),
+                policy_revision: Some(status.revision.as_str().into()),
                 reasons: status.errors.iter().map(ToString::to_string).collect(),
-                decision: Some(if status.ok { "applied" } else { "refused" }.to_owned()),
+                verdict: Some(if status.ok {
+                    Verdict::Applied
+                } else {
+                    Verdict::Refused
+                }),
                 ..Entry::new(Kind::PolicyReload)
             });
         }
@@ -205,7 +209,7 @@ fn reload_now(state: &AppState, trigger: Trigger) -> ReloadStatus {
     let current = state.snapshot();
     if next.revision == current.revision {
         tracing::debug!(trigger = trigger.as_str(), revision = %next.revision, "policies unchanged");
-        return status(true, current.revision.clone(), false, vec![], trigger);
+        return status(true, current.revision.to_string(), false, vec![], trigger);
     }
     let schema_changed = next.schema_revision != current.schema_revision;
     if schema_changed && next.schema.is_some() {
@@ -235,7 +239,7 @@ fn swap(state: &AppState, next: PolicySnapshot, trigger: Trigger) -> ReloadStatu
         "policies reloaded"
     );
     state.policies.store(Arc::new(next));
-    status(true, revision, true, vec![], trigger)
+    status(true, revision.to_string(), true, vec![], trigger)
 }
 
 fn failed(state: &AppState, trigger: Trigger, errors: Vec<SourceError>) -> ReloadStatus {
@@ -250,7 +254,7 @@ fn failed(state: &AppState, trigger: Trigger, errors: Vec<SourceError>) -> Reloa
             "policy reload refused; still serving the previous policies"
         );
     }
-    status(false, served, false, errors, trigger)
+    status(false, served.to_string(), false, errors, trigger)
 }
 
 fn status(

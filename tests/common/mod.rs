@@ -45,6 +45,7 @@ pub struct Setup {
     pub watch: bool,
     pub activity: bool,
     pub activity_queue: usize,
+    pub activity_max_bytes: u64,
     pub auth: policyd::config::Auth,
 }
 
@@ -58,6 +59,7 @@ impl Default for Setup {
             watch: true,
             activity: true,
             activity_queue: 65_536,
+            activity_max_bytes: 1 << 30,
             auth: Default::default(),
         }
     }
@@ -102,6 +104,7 @@ impl Daemon {
             activity: ActivityConfig {
                 enabled: setup.activity,
                 queue: setup.activity_queue,
+                max_bytes: setup.activity_max_bytes,
                 ..ActivityConfig::beside(&dir.path().join("data/policyd.db"))
             },
         };
