@@ -18,6 +18,7 @@
 //! - [`report`]: plain-text tables for the admin commands.
 //! - [`synth`]: a deterministic synthetic platform for benchmarks and the load generator.
 //! - [`cli`]: command-line arguments.
+//! - [`uid`]: entity uids from text, fast for canonical forms and exactly as Cedar reads them.
 
 pub mod activity;
 pub mod api;
@@ -36,5 +37,6 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod synth;
+pub mod uid;
 
 pub use server::run;

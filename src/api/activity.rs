@@ -13,7 +13,6 @@ use super::{forbidden, permission_query, permitted};
 use crate::activity::{Filter, Kind, Record};
 use crate::state::AppState;
 use crate::storage::{self, ORGANIZATION_TYPE};
-use crate::store::codec::uid_from_strs;
 
 const PARAMS: &[&str] = &[
     "organization",
@@ -93,7 +92,8 @@ pub async fn list(
         organization,
     };
 
-    let org = uid_from_strs(ORGANIZATION_TYPE, &filter.organization).map_err(ApiError::Internal)?;
+    let org = crate::uid::from_parts(ORGANIZATION_TYPE, &filter.organization)
+        .map_err(ApiError::Internal)?;
     let snapshot = state.snapshot();
     let check = permission_query(&snapshot, &viewer, VIEW_ACTIVITY, &org, "viewer")?;
     if !permitted(state, &snapshot, check).await? {

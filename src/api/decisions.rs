@@ -1,23 +1,85 @@
 //! `POST /v1/is_authorized` and `POST /v1/is_authorized/batch`.
-
-use std::sync::Arc;
+//!
+//! One straight way through: parse the body into typed requests, validate them into queries,
+//! decide them (slice and evaluate, within the deadline), record each in the activity log, and
+//! render the answers.
 
 use hyper::StatusCode;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::ApiError;
-use super::json::{self, Body};
+use super::json::{self, Body, Object, Uid};
 use crate::activity::{Entry, Kind, Verdict};
-use crate::authz::{self, Query};
-use crate::engine;
+use crate::authz::{self, Decision, Query};
+use crate::engine::{self, Outcome};
 use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 
-const REQUEST_FIELDS: &[&str] = &["principal", "action", "resource", "context"];
+/// One decision request: cedar-agent's shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    #[serde(default)]
+    principal: Option<Uid>,
+    #[serde(default)]
+    action: Option<Uid>,
+    #[serde(default)]
+    resource: Option<Uid>,
+    /// Cedar context JSON.
+    #[serde(default)]
+    context: Option<Value>,
+}
+
+/// A batch: `{"requests": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    #[serde(default)]
+    requests: Option<Vec<Object<DecisionRequest>>>,
+}
+
+impl DecisionRequest {
+    /// Validates the request against the snapshot's schema; `at` locates it in the body.
+    fn prepare(self, snapshot: &PolicySnapshot, at: &str) -> Result<Query, ApiError> {
+        let field = |name: &str| json::join(at, name);
+        let principal = json::required(self.principal, &field("principal"))?;
+        let action = json::required(self.action, &field("action"))?;
+        let resource = json::required(self.resource, &field("resource"))?;
+        authz::prepare(snapshot, principal, action, resource, self.context).map_err(|source| {
+            ApiError::InvalidRequest {
+                field: at.to_owned(),
+                source,
+            }
+        })
+    }
+}
+
+/// One decision as answered: cedar-agent's shape, plus the id of its activity record.
+#[derive(Debug, Serialize)]
+pub struct Answer {
+    decision: &'static str,
+    diagnostics: Diagnostics,
+    /// `null` when the activity log is off or its queue is full.
+    decision_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Diagnostics {
+    reason: Vec<String>,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchAnswer {
+    results: Vec<Answer>,
+}
 
 /// Parses and validates a single decision request body.
 pub fn parse_single(snapshot: &PolicySnapshot, body: &[u8]) -> Result<Query, ApiError> {
-    query(snapshot, json::parse(body)?, "")
+    json::from_body::<Object<DecisionRequest>>(body)?
+        .0
+        .prepare(snapshot, "")
 }
 
 /// Parses and validates a batch body of at most `max` requests.
@@ -26,103 +88,91 @@ pub fn parse_batch(
     body: &[u8],
     max: usize,
 ) -> Result<Vec<Query>, ApiError> {
-    let mut map = json::object(json::parse(body)?, "the body")?;
-    json::deny_unknown(&map, &["requests"], "")?;
-    let Some(Value::Array(items)) = map.remove("requests") else {
+    let Some(requests) = json::from_body::<Object<BatchRequest>>(body)?.0.requests else {
         return Err(ApiError::InvalidField {
             field: "requests".to_owned(),
             message: "must be an array of decision requests".to_owned(),
         });
     };
-    if items.len() > max {
+    if requests.len() > max {
         return Err(ApiError::BatchTooLarge {
-            got: items.len(),
+            got: requests.len(),
             max,
         });
     }
-    items
+    requests
         .into_iter()
         .enumerate()
-        .map(|(i, item)| query(snapshot, item, &format!("requests[{i}]")))
+        .map(|(i, r)| r.0.prepare(snapshot, &format!("requests[{i}]")))
         .collect()
 }
 
 /// One decision.
 pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
-    let query = parse_single(&snapshot, body)?;
-    let decided = decide(state, &snapshot, vec![query]).await?;
-    let result = answer(state, &snapshot, &decided)
-        .into_iter()
-        .next()
+    let queries = vec![parse_single(&snapshot, body)?];
+    let outcomes = decide(state, &snapshot, &queries).await?;
+    let answer = record(state, &snapshot, queries, outcomes)
+        .pop()
         .ok_or_else(|| ApiError::Internal("no decision for the request".to_owned()))?;
-    Ok(json::respond(StatusCode::OK, &result))
+    Ok(json::respond_with(StatusCode::OK, &answer))
 }
 
 /// Up to `max_batch` decisions on one snapshot and one entity slice, answered in order.
 pub async fn batch(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
     let queries = parse_batch(&snapshot, body, state.limits.max_batch)?;
-    let decided = decide(state, &snapshot, queries).await?;
-    let results = answer(state, &snapshot, &decided);
-    Ok(json::respond(
-        StatusCode::OK,
-        &json!({ "results": results }),
-    ))
+    let outcomes = decide(state, &snapshot, &queries).await?;
+    let results = record(state, &snapshot, queries, outcomes);
+    Ok(json::respond_with(StatusCode::OK, &BatchAnswer { results }))
 }
 
-/// Decides within the deadline: a decision that cannot finish in time is a 503, never a hang
-/// and never an Allow.
 async fn decide(
     state: &AppState,
-    snapshot: &Arc<PolicySnapshot>,
-    queries: Vec<Query>,
-) -> Result<Vec<(Query, engine::Outcome)>, ApiError> {
+    snapshot: &PolicySnapshot,
+    queries: &[Query],
+) -> Result<Vec<Outcome>, ApiError> {
     let deadline = state.limits.decision_deadline;
-    let outcomes = engine::decide(&state.store, snapshot, &queries, deadline).await?;
-    Ok(queries.into_iter().zip(outcomes).collect())
+    Ok(engine::decide(&state.store, snapshot, queries, deadline).await?)
 }
 
-/// Records each decision in the activity log and renders it with its `decision_id` (null when
-/// the log is off or its queue is full).
-fn answer(
+/// Records each decision in the activity log and pairs it with its record's id.
+fn record(
     state: &AppState,
     snapshot: &PolicySnapshot,
-    decided: &[(Query, engine::Outcome)],
-) -> Vec<Value> {
-    decided
-        .iter()
+    queries: Vec<Query>,
+    outcomes: Vec<Outcome>,
+) -> Vec<Answer> {
+    queries
+        .into_iter()
+        .zip(outcomes)
         .map(|(query, outcome)| {
-            let d = &outcome.decision;
+            let Outcome {
+                decision,
+                organization,
+            } = outcome;
             let id = state.activity.record(Entry {
                 kind: Kind::Decision,
-                principal: Some(query.principal.clone()),
-                action: Some(query.action.clone()),
-                resource: Some(query.resource.clone()),
-                verdict: Some(Verdict::of(d.allowed)),
-                reasons: d.reasons.clone(),
+                principal: Some(query.principal),
+                action: Some(query.action),
+                resource: Some(query.resource),
+                verdict: Some(Verdict::of(decision.allowed)),
+                reasons: decision.reasons.clone(),
                 policy_revision: Some(snapshot.revision.clone()),
-                organization: outcome.organization.clone(),
+                organization,
             });
-            let mut rendered = json::decision(d);
-            rendered["decision_id"] = json!(id);
-            rendered
+            answer(decision, id)
         })
         .collect()
 }
 
-/// Parses and validates one decision request found at `at` in the body.
-fn query(snapshot: &PolicySnapshot, value: Value, at: &str) -> Result<Query, ApiError> {
-    let what = if at.is_empty() { "the body" } else { at };
-    let mut map = json::object(value, what)?;
-    json::deny_unknown(&map, REQUEST_FIELDS, at)?;
-    let principal = json::uid(map.get("principal"), &json::join(at, "principal"))?;
-    let action = json::uid(map.get("action"), &json::join(at, "action"))?;
-    let resource = json::uid(map.get("resource"), &json::join(at, "resource"))?;
-    authz::prepare(snapshot, principal, action, resource, map.remove("context")).map_err(|source| {
-        ApiError::InvalidRequest {
-            field: at.to_owned(),
-            source,
-        }
-    })
+fn answer(decision: Decision, decision_id: Option<i64>) -> Answer {
+    Answer {
+        decision: json::decision_word(&decision),
+        diagnostics: Diagnostics {
+            reason: decision.reasons,
+            errors: decision.errors,
+        },
+        decision_id,
+    }
 }

@@ -10,7 +10,7 @@ use super::on_store;
 use crate::activity::{Entry, Kind};
 use crate::state::AppState;
 use crate::storage::ORGANIZATION_TYPE;
-use crate::store::codec::{self, uid_from_strs};
+use crate::store::codec;
 use crate::store::{Store, StoreError};
 
 /// Validates every entity against the schema, then writes them all in one transaction.
@@ -113,7 +113,7 @@ fn change(kind: Kind, uid: &EntityUid, org: Option<String>, revision: &str) -> E
 }
 
 fn path_uid(ty: &str, id: &str) -> Result<EntityUid, ApiError> {
-    uid_from_strs(ty, id).map_err(|message| ApiError::InvalidField {
+    crate::uid::from_parts(ty, id).map_err(|message| ApiError::InvalidField {
         field: "path".to_owned(),
         message,
     })

@@ -1,16 +1,18 @@
 //! JSON in and out: reading bodies, parsing entity uids and decision requests, rendering
 //! responses.
 
+use std::fmt;
+
 use cedar_policy::EntityUid;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use crate::authz::Decision;
-use crate::store::codec::uid_from_strs;
 
 /// The response body type of every route.
 pub type Body = Full<Bytes>;
@@ -37,6 +39,125 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
 /// Parses a body as JSON.
 pub fn parse(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+/// Parses a body into a typed request. Malformed JSON is `bad_json`; a body that is JSON but
+/// does not fit `T` is `invalid_field`, naming the field by its path (`requests[3].principal`).
+pub fn from_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
+    de.end().map_err(|e| ApiError::BadJson(e.to_string()))?;
+    Ok(value)
+}
+
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    use serde_json::error::Category;
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::BadJson(inner.to_string()),
+        Category::Data if path == "." => ApiError::BadJson(format!(
+            "the body must be a JSON object with the request's fields: {}",
+            without_position(&inner)
+        )),
+        Category::Data => ApiError::InvalidField {
+            field: path,
+            message: without_position(&inner),
+        },
+    }
+}
+
+/// serde_json's message without its ` at line 1 column 9` suffix (the field path says where).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((message, _)) => message.to_owned(),
+        None => text,
+    }
+}
+
+/// A request object: `T` read from a JSON object only. (A derived `Deserialize` also takes a
+/// JSON array, field by field in order, which no client means.)
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapOnly<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(MapOnly(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// An entity uid in a request: `{"type": "User", "id": "alice"}` or the Cedar text
+/// `User::"alice"`.
+#[derive(Debug, Clone)]
+pub struct Uid(pub EntityUid);
+
+impl<'de> Deserialize<'de> for Uid {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UidVisitor)
+    }
+}
+
+struct UidVisitor;
+
+const UID_SHAPES: &str = r#"an entity uid: {"type", "id"} or a string like User::"alice""#;
+
+impl<'de> Visitor<'de> for UidVisitor {
+    type Value = Uid;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(UID_SHAPES)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Uid, E> {
+        crate::uid::from_text(s).map(Uid).map_err(|e| {
+            E::custom(format!(
+                "`{s}` is not a Cedar entity uid like User::\"alice\": {e}"
+            ))
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Uid, A::Error> {
+        let shape = || de::Error::custom(r#"expected {"type": string, "id": string}"#);
+        let (mut ty, mut id): (Option<String>, Option<String>) = (None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "type" => &mut ty,
+                "id" => &mut id,
+                _ => return Err(shape()),
+            };
+            if slot.is_some() {
+                return Err(shape());
+            }
+            *slot = Some(map.next_value::<String>().map_err(|_| shape())?);
+        }
+        match (ty, id) {
+            (Some(ty), Some(id)) => crate::uid::from_parts(&ty, &id)
+                .map(Uid)
+                .map_err(de::Error::custom),
+            _ => Err(shape()),
+        }
+    }
+}
+
+/// A uid field that must be present: `null` or absent is "is required".
+pub fn required(uid: Option<Uid>, field: &str) -> Result<EntityUid, ApiError> {
+    uid.map(|u| u.0).ok_or_else(|| ApiError::InvalidField {
+        field: field.to_owned(),
+        message: "is required".to_owned(),
+    })
 }
 
 /// Takes the body's top-level object, refusing anything else.
@@ -67,7 +188,8 @@ pub fn join(at: &str, field: &str) -> String {
     }
 }
 
-/// Parses an entity uid given as `{"type", "id"}` or as a Cedar string like `User::"alice"`.
+/// Parses an entity uid given as `{"type", "id"}` or as a Cedar string like `User::"alice"`
+/// (a query parameter, or a field of an untyped body).
 pub fn uid(value: Option<&Value>, field: &str) -> Result<EntityUid, ApiError> {
     let invalid = |message: String| ApiError::InvalidField {
         field: field.to_owned(),
@@ -75,7 +197,7 @@ pub fn uid(value: Option<&Value>, field: &str) -> Result<EntityUid, ApiError> {
     };
     match value {
         None | Some(Value::Null) => Err(invalid("is required".to_owned())),
-        Some(Value::String(s)) => s.parse::<EntityUid>().map_err(|e| {
+        Some(Value::String(s)) => crate::uid::from_text(s).map_err(|e| {
             invalid(format!(
                 "`{s}` is not a Cedar entity uid like User::\"alice\": {e}"
             ))
@@ -84,7 +206,7 @@ pub fn uid(value: Option<&Value>, field: &str) -> Result<EntityUid, ApiError> {
             let ty = map.get("type").and_then(Value::as_str);
             let id = map.get("id").and_then(Value::as_str);
             match (ty, id, map.len()) {
-                (Some(ty), Some(id), 2) => uid_from_strs(ty, id).map_err(invalid),
+                (Some(ty), Some(id), 2) => crate::uid::from_parts(ty, id).map_err(invalid),
                 _ => Err(invalid(
                     "expected {\"type\": string, \"id\": string}".to_owned(),
                 )),
@@ -161,12 +283,25 @@ pub fn query_params(
     Ok(out)
 }
 
-/// The cedar-agent compatible rendering of a decision.
-pub fn decision(d: &Decision) -> Value {
-    serde_json::json!({
-        "decision": decision_word(d),
-        "diagnostics": { "reason": d.reasons, "errors": d.errors },
-    })
+/// A JSON response with `status`, rendered straight from a typed answer.
+pub fn respond_with<T: serde::Serialize>(status: StatusCode, answer: &T) -> Response<Body> {
+    let (status, body) = match serde_json::to_vec(answer) {
+        Ok(body) => (status, body),
+        // Answer types hold strings, numbers and bools, which always render; should one
+        // not, the caller gets an error, never a partial answer.
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render an answer");
+            let err = ApiError::Internal(e.to_string());
+            (err.status_and_code().0, err.body().to_string().into_bytes())
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// A JSON response with `status`.

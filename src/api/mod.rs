@@ -25,7 +25,6 @@ use crate::engine;
 use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 use crate::store::Store;
-use crate::store::codec::uid_from_strs;
 pub use decisions::{parse_batch as parse_batch_request, parse_single as parse_decision_request};
 pub use error::ApiError;
 pub use json::Body;
@@ -182,7 +181,7 @@ fn permission_query(
     resource: &EntityUid,
     field: &str,
 ) -> Result<Query, ApiError> {
-    let action = uid_from_strs("Action", action).map_err(ApiError::Internal)?;
+    let action = crate::uid::from_parts("Action", action).map_err(ApiError::Internal)?;
     authz::prepare(snapshot, principal.clone(), action, resource.clone(), None).map_err(|source| {
         ApiError::InvalidRequest {
             field: field.to_owned(),

@@ -14,7 +14,6 @@ use crate::state::AppState;
 use crate::storage::{
     self, ORGANIZATION_TYPE, PROJECT_TYPE, QuotaCheck, Reservation, ReserveOutcome, Side, Usage,
 };
-use crate::store::codec::uid_from_strs;
 
 /// Longest a reservation may be held.
 const MAX_TTL_SECONDS: i64 = 7 * 24 * 3600;
@@ -35,7 +34,7 @@ pub async fn totals(
         )));
     }
     let principal = principal_param(query)?;
-    let entity = uid_from_strs(ty, id).map_err(|message| ApiError::InvalidField {
+    let entity = crate::uid::from_parts(ty, id).map_err(|message| ApiError::InvalidField {
         field: "path".to_owned(),
         message,
     })?;

@@ -5,9 +5,8 @@
 //! same entity, every Cedar value kind included.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 
-use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, Schema};
+use cedar_policy::{Entity, EntityTypeName, EntityUid, Schema};
 use serde_json::Value;
 
 use crate::storage::{QUOTA_ATTR, SIZE_ATTR};
@@ -249,14 +248,7 @@ pub fn collect_refs(value: &Value, out: &mut Vec<EntityUid>) {
 fn uid_from_parts(value: &Value) -> Option<EntityUid> {
     let ty = value.get("type")?.as_str()?;
     let id = value.get("id")?.as_str()?;
-    uid_from_strs(ty, id).ok()
-}
-
-/// Builds a uid from a type name and a raw id (any string, unescaped).
-pub fn uid_from_strs(ty: &str, id: &str) -> Result<EntityUid, String> {
-    let ty =
-        EntityTypeName::from_str(ty).map_err(|e| format!("invalid entity type `{ty}`: {e}"))?;
-    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+    crate::uid::from_parts(ty, id).ok()
 }
 
 /// Whether a type is an action type (`Action` or `Namespace::Action`).

@@ -6,35 +6,12 @@
 //! [`materialize`] return `None`, and the caller falls back to Cedar's parser, so an unusual
 //! value can cost time but never meaning.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::str::FromStr;
-
-use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use cedar_policy::{Entity, EntityId, EntityUid, RestrictedExpression};
 use serde_json::{Map, Value};
-
-thread_local! {
-    /// Type names parse through Cedar's grammar; a platform has a handful, so remember them.
-    static TYPE_NAMES: RefCell<HashMap<String, EntityTypeName>> = RefCell::new(HashMap::new());
-}
-
-fn type_name(name: &str) -> Option<EntityTypeName> {
-    TYPE_NAMES.with(|cache| {
-        if let Some(t) = cache.borrow().get(name) {
-            return Some(t.clone());
-        }
-        let parsed = EntityTypeName::from_str(name).ok()?;
-        let mut cache = cache.borrow_mut();
-        if cache.len() < 1024 {
-            cache.insert(name.to_owned(), parsed.clone());
-        }
-        Some(parsed)
-    })
-}
 
 /// A uid from `{"type", "id"}`.
 pub(super) fn uid(value: &Value) -> Option<EntityUid> {
-    let ty = type_name(value.get("type")?.as_str()?)?;
+    let ty = crate::uid::type_name(value.get("type")?.as_str()?).ok()?;
     Some(EntityUid::from_type_name_and_id(
         ty,
         EntityId::new(value.get("id")?.as_str()?),

@@ -10,10 +10,9 @@ use crate::storage::{
     self, ORGANIZATION_TYPE, QuotaCheck, Reservation, ReserveOutcome, Side, TypeUsage, Usage,
 };
 use crate::store::StoreError;
-use crate::store::codec::uid_from_strs;
 
 fn uid(key: &Key) -> Result<EntityUid, StoreError> {
-    uid_from_strs(&key.0, &key.1).map_err(|message| {
+    crate::uid::from_parts(&key.0, &key.1).map_err(|message| {
         StoreError::Corrupt(crate::store::codec::DecodeError {
             uid: format!("{}::{:?}", key.0, key.1),
             message,

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 mod accounting;
 mod ledger;
 
-use super::codec::{DecodeError, Record, uid_from_strs};
+use super::codec::{DecodeError, Record};
 use super::{EntityStore, StorageLedger, StoreError, WriteEffect};
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use accounting::{Dirty, Key};
@@ -210,10 +210,12 @@ fn key(uid: &EntityUid) -> Key {
 
 /// The uid of a stored row.
 fn stored_uid(ty: &str, id: &str) -> Result<EntityUid, StoreError> {
-    Ok(uid_from_strs(ty, id).map_err(|message| DecodeError {
-        uid: format!("{ty}::{id:?}"),
-        message,
-    })?)
+    Ok(
+        crate::uid::from_parts(ty, id).map_err(|message| DecodeError {
+            uid: format!("{ty}::{id:?}"),
+            message,
+        })?,
+    )
 }
 
 fn record_from_row(ty: &str, id: &str, body: String) -> Result<Record, StoreError> {
