@@ -53,10 +53,10 @@ pub fn from_parts(ty: &str, id: &str) -> Result<EntityUid, String> {
 
 /// Parses a uid written as Cedar text (`User::"alice"`), exactly as
 /// `EntityUid::from_str` does: only the normalized form is accepted.
-pub fn from_text(text: &str) -> Result<EntityUid, cedar_policy::ParseErrors> {
+pub fn from_text(text: &str) -> Result<EntityUid, Box<cedar_policy::ParseErrors>> {
     match canonical(text) {
         Some(uid) => Ok(uid),
-        None => EntityUid::from_str(text),
+        None => EntityUid::from_str(text).map_err(Box::new),
     }
 }
 
