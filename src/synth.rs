@@ -178,6 +178,30 @@ pub fn request(rng: &mut Rng, shape: Shape) -> (String, String, String) {
     (principal, action, resource)
 }
 
+/// A listing request, the shape a UI sends to filter what it shows: one principal (one time in
+/// ten from another organization), one action, and `n` datasets of one organization, as Cedar
+/// uid strings `(principal, action, resources)`.
+pub fn listing(rng: &mut Rng, shape: Shape, n: usize) -> (String, String, Vec<String>) {
+    let o = rng.below(shape.orgs);
+    let po = if rng.below(10) == 0 && shape.orgs > 1 {
+        (o + 1) % shape.orgs
+    } else {
+        o
+    };
+    let principal = format!("User::\"{}\"", user_id(po, rng.below(shape.users_per_org)));
+    let action = ["view", "view", "duplicate"][rng.below(3)];
+    // Datasets are every third item.
+    let datasets = shape.items_per_project.div_ceil(3);
+    let resources = (0..n)
+        .map(|_| {
+            let p = rng.below(shape.projects_per_org);
+            let (_, id) = item(o, p, 3 * rng.below(datasets));
+            format!("Dataset::\"{id}\"")
+        })
+        .collect();
+    (principal, format!("Action::\"{action}\""), resources)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,122 @@
+//! Load generator: starts the release daemon on an empty store, loads a synthetic platform
+//! through `PUT /v1/entities` (chunks of 1,000), then drives decision requests over keep-alive
+//! connections, with a deterministic mix of allowed and denied requests across every rule.
+//! With `--bare` it first drives a bare hyper server (the floor) the same way, in the same run.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example loadgen -- \
+//!     --entities 100000 --connections 16 --duration 10 [--warmup 3] [--bare] \
+//!     [--batch 50 [--shape listing|mixed]] [--rate 10000] [--activity on|off] [--seed 42] \
+//!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180]
+//! ```
+//! Prints the loading rate, decisions/s, latency percentiles, the servers' peak RSS (loading
+//! included) and CPU, and the activity log's bytes per record.
+
+mod drive;
+mod load;
+mod server;
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use policyd::synth::Shape;
+
+/// What to measure.
+pub struct Args {
+    entities: usize,
+    connections: usize,
+    duration: u64,
+    warmup: u64,
+    batch: usize,
+    shape: drive::BatchShape,
+    rate: Option<u64>,
+    activity: String,
+    seed: u64,
+    target: Option<SocketAddr>,
+    bare: bool,
+    serve_args: Vec<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        entities: 100_000,
+        connections: 16,
+        duration: 10,
+        warmup: 3,
+        batch: 0,
+        shape: drive::BatchShape::Mixed,
+        rate: None,
+        activity: "on".to_owned(),
+        seed: 42,
+        target: None,
+        bare: false,
+        serve_args: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || match &inline {
+            Some(v) => Ok(v.clone()),
+            None => it.next().with_context(|| format!("{flag} needs a value")),
+        };
+        match flag.as_str() {
+            "--entities" => a.entities = value()?.parse()?,
+            "--connections" => a.connections = value()?.parse()?,
+            "--duration" => a.duration = value()?.parse()?,
+            "--warmup" => a.warmup = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
+            "--shape" => a.shape = value()?.parse()?,
+            "--rate" => a.rate = Some(value()?.parse()?),
+            "--activity" => a.activity = value()?,
+            "--seed" => a.seed = value()?.parse()?,
+            "--target" => a.target = Some(value()?.parse()?),
+            "--bare" => a.bare = true,
+            "--serve-arg" => a.serve_args.push(value()?),
+            "--serve-bare" => server::serve_bare(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let shape = Shape::about(args.entities);
+    let floor = if args.bare {
+        let bare = server::Server::bare()?;
+        let run = drive::measure(&args, shape, bare.addr)?;
+        println!("bare hyper: {run}");
+        bare.report("bare hyper");
+        Some(run)
+    } else {
+        None
+    };
+    let run = match args.target {
+        Some(addr) => {
+            let run = drive::measure(&args, shape, addr)?;
+            println!("policyd at {addr}: {run}");
+            run
+        }
+        None => {
+            let daemon = server::Server::policyd(&args.activity, &args.serve_args)?;
+            let loaded = load::load(daemon.addr, shape, args.seed)?;
+            println!("{loaded}");
+            let run = drive::measure(&args, shape, daemon.addr)?;
+            println!("policyd: {run}");
+            daemon.report("policyd");
+            run
+        }
+    };
+    if let Some(floor) = floor {
+        println!(
+            "policyd / bare hyper: {:.2} ({:.0} / {:.0} requests/s)",
+            run.requests_per_sec / floor.requests_per_sec,
+            run.requests_per_sec,
+            floor.requests_per_sec
+        );
+    }
+    Ok(())
+}
