@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
-use policyd::config::{ActivityConfig, Limits, ServeConfig};
+use policyd::config::{ActivityConfig, AnalysisConfig, Limits, ServeConfig};
 use policyd::state::AppState;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -46,6 +46,7 @@ pub struct Setup {
     pub activity: bool,
     pub activity_queue: usize,
     pub auth: policyd::config::Auth,
+    pub analysis: AnalysisConfig,
 }
 
 impl Default for Setup {
@@ -59,6 +60,7 @@ impl Default for Setup {
             activity: true,
             activity_queue: 65_536,
             auth: Default::default(),
+            analysis: AnalysisConfig::default(),
         }
     }
 }
@@ -104,6 +106,7 @@ impl Daemon {
                 queue: setup.activity_queue,
                 ..ActivityConfig::beside(&dir.path().join("data/policyd.db"))
             },
+            analysis: setup.analysis,
         };
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
