@@ -297,8 +297,9 @@ where
             }
         };
         tokio::select! {
-            r = tokio::time::timeout(timeout, run) => r.unwrap_or(Err(AnalysisError::Timeout(timeout))),
+            biased;
             () = cancelled => Err(AnalysisError::Cancelled),
+            r = tokio::time::timeout(timeout, run) => r.unwrap_or(Err(AnalysisError::Timeout(timeout))),
         }
     };
     let outcome =

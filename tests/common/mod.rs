@@ -348,3 +348,30 @@ pub fn spawn_logged(cmd: &mut std::process::Command) -> (Spawned, String) {
         .expect("serve did not log its address");
     (child, addr)
 }
+
+/// Whether the cvc5 solver is available for a test that needs it. Without it the test skips and
+/// says so, except when `CI` is set: there a missing solver fails the test.
+pub fn cvc5_available(test: &str) -> bool {
+    match policyd::analysis::Cvc5::locate(None) {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: cvc5 is required in CI (CI is set) but is missing: {e}")
+        }
+        Err(e) => {
+            // Written past the test harness's capture, so the skip shows in a passing run.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipping {test}: {e}");
+            false
+        }
+    }
+}
+
+/// A copy of the bundled policies in a temp dir that a test may edit.
+pub fn policies_copy() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo_policies()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
