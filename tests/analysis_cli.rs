@@ -169,3 +169,95 @@ fn serve_runs_without_the_solver() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("\"guard\":\"refuse-widening\""), "{out}");
 }
+
+fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_reload_that_widens_is_refused_by_the_binary() {
+    if !cvc5_available("sighup_reload_that_widens_is_refused_by_the_binary") {
+        return;
+    }
+    let policies = policies_copy();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = policyd_command();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--watch", "false"])
+        .args(["--reload-guard", "refuse-widening"])
+        .arg("--policies")
+        .arg(policies.path())
+        .arg("--entities")
+        .arg(common::repo_entities())
+        .arg("--db")
+        .arg(tmp.path().join("db"));
+    let (child, addr) = common::spawn_logged(&mut cmd);
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let decide = || {
+        let (code, body) = http(
+            addr,
+            "POST",
+            "/v1/is_authorized",
+            r#"{"principal": "User::\"dave\"", "action": "Action::\"view\"", "resource": "Dataset::\"speech-audio\""}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        body["decision"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(decide(), "Deny");
+    std::fs::write(
+        policies.path().join("careless.cedar"),
+        "@id(\"careless\") permit (principal, action == Action::\"view\", resource is Dataset);",
+    )
+    .unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let (_, status) = http(addr, "GET", "/v1/policies", "");
+        if !status["last_reload"].is_null() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let reload = &status["last_reload"];
+    assert_eq!(reload["trigger"], "sighup", "{status}");
+    assert_eq!(reload["ok"], false);
+    assert_eq!(reload["widening_refused"], true);
+    assert_eq!(reload["changes"]["summary"]["widenings"], 1);
+    assert_eq!(decide(), "Deny", "the old set stays live");
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/v1/policies/reload",
+        r#"{"accept_widening": true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(decide(), "Allow");
+}
