@@ -116,8 +116,8 @@ pub(super) async fn environments(
     to: &PolicySnapshot,
     compiler: &mut CedarSymCompiler<LocalSolver>,
 ) -> Result<Vec<EnvChange>, AnalysisError> {
-    let old = Side::new(from, "the old (--from) policy set")?;
-    let new = Side::new(to, "the new (--to) policy set")?;
+    let old = Side::new(from, "the old policy set")?;
+    let new = Side::new(to, "the new policy set")?;
     let schema_same = from.schema_revision == to.schema_revision;
     let all: BTreeSet<&RequestEnv> = old.envs.iter().chain(new.envs.iter()).collect();
     let mut out = Vec::with_capacity(all.len());
