@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         watch: true,
         limits: Limits::default(),
         activity: ActivityConfig::beside(&tmp.path().join("policyd.db")),
+        analysis: Default::default(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let state = policyd::daemon::open(&config)?;

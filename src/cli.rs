@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ActivityConfig, Auth, Limits, ListenAddr, ServeConfig};
+use crate::config::{
+    ActivityConfig, AnalysisConfig, Auth, Limits, ListenAddr, ReloadGuard, ServeConfig,
+};
 
 /// Cedar authorization sidecar.
 #[derive(Debug, Parser)]
@@ -20,9 +22,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve decisions over HTTP.
-    Serve(ServeArgs),
-    /// Parse and strictly validate the policies; exit 1 on any error.
+    Serve(Box<ServeArgs>),
+    /// Parse and strictly validate the policies; exit 1 on any error. Warns about dead and
+    /// shadowed policies when cvc5 is available.
     Check(CheckArgs),
+    /// What a policy change grants or takes away: exit 0 when nothing changed, 1 when
+    /// something did, 2 when the analysis could not run.
+    Diff(DiffArgs),
     /// Validate entity files and upsert them into the store, all or nothing.
     Import(ImportArgs),
     /// Print an organization's activity trail, newest first.
@@ -98,6 +104,23 @@ pub struct ServeArgs {
     /// Most requests in one batch.
     #[arg(long, env = "POLICYD_MAX_BATCH", default_value_t = 100)]
     pub max_batch: usize,
+    /// At reload: `warn` (apply, then log each widening) or `refuse-widening` (keep the old
+    /// policies when a watched or SIGHUP reload widens anything).
+    #[arg(long, env = "POLICYD_RELOAD_GUARD", default_value = "warn")]
+    pub reload_guard: ReloadGuard,
+    /// Longest the analysis of one reload may take before it is reported as unavailable.
+    #[arg(long, env = "POLICYD_ANALYSIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub analysis_timeout: Duration,
+    #[command(flatten)]
+    pub solver: SolverArgs,
+}
+
+/// Where the cvc5 solver is.
+#[derive(Debug, Args)]
+pub struct SolverArgs {
+    /// The cvc5 executable (default: the CVC5 variable, else `cvc5` on PATH).
+    #[arg(long, env = "POLICYD_CVC5")]
+    pub cvc5: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -136,6 +159,11 @@ impl ServeArgs {
                 queue: self.activity_queue,
                 max_bytes: self.activity_max_bytes,
             },
+            analysis: AnalysisConfig {
+                guard: self.reload_guard,
+                timeout: self.analysis_timeout,
+                cvc5: self.solver.cvc5.clone(),
+            },
         })
     }
 }
@@ -146,6 +174,30 @@ pub struct CheckArgs {
     /// Directory of *.cedar policies and the *.cedarschema schema.
     #[arg(long, env = "POLICYD_POLICIES", default_value = "policies")]
     pub policies: PathBuf,
+    /// Longest the dead and shadowed policy lints may take.
+    #[arg(long, env = "POLICYD_ANALYSIS_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub analysis_timeout: Duration,
+    #[command(flatten)]
+    pub solver: SolverArgs,
+}
+
+/// `policyd diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The policy directory as it is (the served policies).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The policy directory as it would be after the change.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Print the report as JSON (the shape of `last_reload.changes`).
+    #[arg(long)]
+    pub json: bool,
+    /// Longest the analysis may take.
+    #[arg(long, env = "POLICYD_ANALYSIS_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub analysis_timeout: Duration,
+    #[command(flatten)]
+    pub solver: SolverArgs,
 }
 
 /// `policyd import`.

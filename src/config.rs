@@ -135,6 +135,64 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// The activity log.
     pub activity: ActivityConfig,
+    /// Policy change analysis at reload.
+    pub analysis: AnalysisConfig,
+}
+
+/// What a reload does when the new policies allow something the served ones deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReloadGuard {
+    /// Apply it, then analyse and log each widening at warn.
+    #[default]
+    Warn,
+    /// Analyse first; refuse a watched or SIGHUP reload that widens anything (an API reload
+    /// with `accept_widening` applies it).
+    RefuseWidening,
+}
+
+impl std::str::FromStr for ReloadGuard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "warn" => Ok(ReloadGuard::Warn),
+            "refuse-widening" => Ok(ReloadGuard::RefuseWidening),
+            other => Err(format!(
+                "`{other}` is not a reload guard: use warn or refuse-widening"
+            )),
+        }
+    }
+}
+
+impl ReloadGuard {
+    /// The name used on the command line and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadGuard::Warn => "warn",
+            ReloadGuard::RefuseWidening => "refuse-widening",
+        }
+    }
+}
+
+/// Configuration of the analysis each reload runs against the set it replaces.
+#[derive(Debug, Clone)]
+pub struct AnalysisConfig {
+    /// Warn about widenings, or refuse them.
+    pub guard: ReloadGuard,
+    /// Longest one analysis may take; then it is reported as unavailable.
+    pub timeout: Duration,
+    /// The solver (`--cvc5`); `None`: `$CVC5`, else `cvc5` on `PATH`.
+    pub cvc5: Option<PathBuf>,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            guard: ReloadGuard::default(),
+            timeout: crate::analysis::DEFAULT_RELOAD_TIMEOUT,
+            cvc5: None,
+        }
+    }
 }
 
 /// Configuration of the activity log.

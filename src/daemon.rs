@@ -33,8 +33,10 @@ pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
     tokio::spawn(sweep_reservations(state.clone()));
 }
 
-/// Stops background work that must finish cleanly: commits every queued activity record.
+/// Stops background work that must finish cleanly: cancels a running policy change analysis
+/// (killing its solver) and commits every queued activity record.
 pub async fn finish(state: &Arc<AppState>) {
+    state.reloader.stop();
     let st = state.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || st.activity.flush_and_stop()).await {
         tracing::error!(error = %e, "flushing the activity log failed");
@@ -91,6 +93,19 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
     for warning in &snapshot.warnings {
         tracing::warn!(%warning, "policy validation warning");
     }
+    let guard = config.analysis.guard.as_str();
+    match crate::analysis::Cvc5::locate(config.analysis.cvc5.as_deref()) {
+        Ok(cvc5) => tracing::info!(
+            cvc5 = %cvc5.path().display(),
+            guard,
+            "policy change analysis on: every reload is compared with the policies it replaces"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            guard,
+            "policy change analysis unavailable: reloads are applied without it"
+        ),
+    }
     let store = Store::new(
         Box::new(SqliteStore::open(&config.db_path)?),
         config.entity_cache,
@@ -117,7 +132,7 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         store,
         config.limits.clone(),
         config.auth.clone(),
-        Reloader::new(&config.policies_dir),
+        Reloader::with_analysis(&config.policies_dir, config.analysis.clone()),
         activity,
     ))
 }

@@ -2,6 +2,8 @@
 //! SQLite.
 //!
 //! # Layout
+//! - [`analysis`]: policy change analysis (cvc5 through Cedar's symbolic compiler): `diff`,
+//!   the `check` lints and the reload guard.
 //! - [`policy`]: load, validate and snapshot the Cedar policies and schema of a directory;
 //!   its `scope` submodule picks the policies a request shape can match.
 //! - [`reload`]: hot reload (directory watcher, SIGHUP, API), coalesced, never half-applied.
@@ -21,6 +23,7 @@
 //! - [`uid`]: entity uids from text, fast for canonical forms and exactly as Cedar reads them.
 
 pub mod activity;
+pub mod analysis;
 pub mod api;
 pub mod authz;
 pub mod cli;

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cedar_policy::EntityUid;
 use clap::Parser;
-use policyd::cli::{ActivityArgs, CheckArgs, Cli, Command, ImportArgs, ServeArgs, StorageArgs};
+use policyd::cli::{
+    ActivityArgs, CheckArgs, Cli, Command, DiffArgs, ImportArgs, ServeArgs, StorageArgs,
+};
 use policyd::store::sqlite::SqliteStore;
 use policyd::store::{StorageLedger, Store};
-use policyd::{daemon, import, policy, report, server, shutdown, storage};
+use policyd::{analysis, daemon, import, policy, report, server, shutdown, storage};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,8 +24,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => return check(args),
+        Command::Diff(args) => return diff(args),
         Command::Import(args) => import(args),
         Command::Storage(args) => storage(args),
         Command::Activity(args) => activity(args),
@@ -81,12 +84,74 @@ fn check(args: CheckArgs) -> ExitCode {
                 snapshot.infos.len(),
                 snapshot.revision
             );
+            if snapshot.schema.is_some() {
+                let options = analysis::Options {
+                    cvc5: args.solver.cvc5,
+                    timeout: args.analysis_timeout,
+                    cancel: None,
+                };
+                match analysis::lint(&snapshot, &options) {
+                    Ok(lints) => print!("{}", analysis::lint_text(&lints)),
+                    Err(e) => println!("note: dead and shadowed policy lints skipped: {e}"),
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             println!("{}", lines(&e.errors()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `policyd diff`: 0 when nothing changed, 1 when something did, 2 when it could not tell.
+fn diff(args: DiffArgs) -> ExitCode {
+    const CANNOT: u8 = 2;
+    let load = |dir: &std::path::Path, flag: &str| {
+        policy::load_dir(dir).map_err(|e| {
+            format!(
+                "cannot load {flag} {}:\n{}",
+                dir.display(),
+                lines(&e.errors())
+            )
+        })
+    };
+    let (from, to) = match (load(&args.from, "--from"), load(&args.to, "--to")) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"status": "unavailable", "reason": e})
+                );
+            }
+            eprintln!("error: {e}");
+            return ExitCode::from(CANNOT);
+        }
+    };
+    let options = analysis::Options {
+        cvc5: args.solver.cvc5,
+        timeout: args.analysis_timeout,
+        cancel: None,
+    };
+    let report = analysis::diff(&from, &to, &options);
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot render the report: {e}");
+                return ExitCode::from(CANNOT);
+            }
+        }
+    } else {
+        print!("{}", analysis::diff_text(&report));
+    }
+    if !report.is_complete() {
+        ExitCode::from(CANNOT)
+    } else if report.changed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

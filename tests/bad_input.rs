@@ -503,6 +503,7 @@ fn invalid_policies_refuse_to_start() {
             watch: false,
             limits: Default::default(),
             activity: policyd::config::ActivityConfig::beside(&tmp.path().join("db")),
+            analysis: Default::default(),
         };
         let Err(err) = policyd::daemon::open(&config) else {
             panic!("{policy} was served");

@@ -60,6 +60,10 @@ fn any_bytes_get_a_4xx_and_change_nothing() {
     runner
         .run(&(bodies(), 0..routes.len()), |(body, r)| {
             let (method, path) = routes[r];
+            // The one generated body that is a valid request: an empty batch.
+            let empty_batch = serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v == json!({"requests": []}));
+            prop_assume!(!(path == "/v1/is_authorized/batch" && empty_batch));
             let (status, resp) = rt.block_on(d.raw(method, path, body.clone()));
             prop_assert!(
                 status.is_client_error(),

@@ -58,6 +58,17 @@ pub enum ApiError {
         /// The revision still served.
         revision: String,
     },
+    /// `--reload-guard refuse-widening` refused a reload that widens access; the previous
+    /// snapshot is still served.
+    #[error("{message}")]
+    WideningRefused {
+        /// What widened, and how to apply it on purpose.
+        message: String,
+        /// The revision still served.
+        revision: String,
+        /// The analysis (the shape of `policyd diff --json`).
+        changes: serde_json::Value,
+    },
     /// The policies do not allow the caller this.
     #[error("{0}")]
     Forbidden(String),
@@ -153,6 +164,7 @@ impl ApiError {
             ApiError::InvalidPolicies { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_policies")
             }
+            ApiError::WideningRefused { .. } => (StatusCode::CONFLICT, "widening_refused"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -185,6 +197,12 @@ impl ApiError {
             ApiError::InvalidPolicies { errors, revision } => {
                 body["error"]["errors"] = json!(errors);
                 body["error"]["revision"] = json!(revision);
+            }
+            ApiError::WideningRefused {
+                revision, changes, ..
+            } => {
+                body["error"]["revision"] = json!(revision);
+                body["error"]["changes"] = changes.clone();
             }
             ApiError::QuotaExceeded { check, .. } => body["error"]["check"] = check.clone(),
             _ => {}

@@ -126,7 +126,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         (["healthz"], &Method::GET) => Ok(health::healthz()),
         (["readyz"], &Method::GET) => health::readyz(state).await,
         (["v1", "policies"], &Method::GET) => Ok(policies::status(state)),
-        (["v1", "policies", "reload"], &Method::POST) => policies::reload(state).await,
+        (["v1", "policies", "reload"], &Method::POST) => {
+            policies::reload(state, &body(state, req).await?).await
+        }
         (["v1", "is_authorized"], &Method::POST) => {
             decisions::single(state, &body(state, req).await?).await
         }

@@ -1,4 +1,4 @@
-//! `GET /v1/policies` (what is served, and how the last reload went) and
+//! `GET /v1/policies` (what is served, how the last reload went and what it changed) and
 //! `POST /v1/policies/reload`.
 
 use std::time::SystemTime;
@@ -28,6 +28,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
         })
         .collect();
     let last_reload = state.reloader.last().map(|s| reload_json(&s));
+    let counts = state.reloader.analysis_counts();
     let a = state.activity.stats();
     let (hits, misses, cached) = state.store.cache_stats();
     json::respond(
@@ -48,19 +49,56 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
                 "expired": a.expired,
                 "pruned": a.pruned,
             },
+            "analysis": {
+                "guard": state.reloader.guard_mode().as_str(),
+                "completed": counts.completed,
+                "widenings": counts.widenings,
+                "unavailable": counts.unavailable,
+                "refused": counts.refused,
+            },
             "policies": policies,
         }),
     )
 }
 
-/// Reloads now and answers with the outcome: 200 with the new revision, or 422 with the errors
-/// and the revision still served.
-pub async fn reload(state: &AppState) -> Result<hyper::Response<Body>, ApiError> {
+/// Reloads now and answers with the outcome: 200 with the new revision, 422 with the errors
+/// and the revision still served, or 409 when the reload guard refused a widening.
+///
+/// The body is empty or `{"accept_widening": bool}`: `true` applies a set that widens access
+/// under `--reload-guard refuse-widening`.
+pub async fn reload(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
+    let accept_widening = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let map = json::object(json::parse(body)?, "the reload request")?;
+        json::deny_unknown(&map, &["accept_widening"], "")?;
+        match map.get("accept_widening") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::InvalidField {
+                    field: "accept_widening".to_owned(),
+                    message: "must be true or false".to_owned(),
+                });
+            }
+        }
+    };
     let outcome = state
         .reloader
-        .reload(Trigger::Api)
+        .reload(Trigger::Api, accept_widening)
         .await
         .ok_or_else(|| ApiError::Internal("the reload worker is not running".to_owned()))?;
+    if outcome.widening_refused {
+        return Err(ApiError::WideningRefused {
+            message: outcome
+                .errors
+                .first()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "the new policies widen access".to_owned()),
+            revision: outcome.revision.clone(),
+            changes: changes_json(&outcome),
+        });
+    }
     if !outcome.ok {
         return Err(ApiError::InvalidPolicies {
             errors: outcome.errors.iter().map(error_json).collect(),
@@ -78,7 +116,17 @@ fn reload_json(s: &ReloadStatus) -> Value {
         "changed": s.changed,
         "trigger": s.trigger.as_str(),
         "errors": s.errors.iter().map(error_json).collect::<Vec<_>>(),
+        "widening_refused": s.widening_refused,
+        "changes": changes_json(s),
     })
+}
+
+/// The reload's analysis (`null` while pending or when none ran).
+fn changes_json(s: &ReloadStatus) -> Value {
+    s.changes
+        .load_full()
+        .and_then(|report| serde_json::to_value(&*report).ok())
+        .unwrap_or(Value::Null)
 }
 
 fn error_json(e: &SourceError) -> Value {

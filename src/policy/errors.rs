@@ -105,7 +105,7 @@ pub(super) fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -
 }
 
 /// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let line_start = before

@@ -46,6 +46,8 @@ pub struct PolicyInfo {
     pub effect: Effect,
     /// File name (relative to the policy directory) the policy came from.
     pub file: String,
+    /// The 1-based line of the file where the policy starts.
+    pub line: usize,
 }
 
 /// Policies and schema that were loaded and validated together; never mutated once built.
@@ -308,10 +310,15 @@ fn parse_file(
             continue;
         }
         files_by_id.insert(id.clone(), file.to_owned());
+        // Cedar keeps each parsed policy's source span (through its doc(hidden) AST bridge).
+        let start = AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy)
+            .loc()
+            .map_or(0, |loc| loc.start());
         infos.push(PolicyInfo {
             id,
             effect: policy.effect(),
             file: file.to_owned(),
+            line: errors::line_col(text, start).0,
         });
     }
 }

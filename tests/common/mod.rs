@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
-use policyd::config::{ActivityConfig, Limits, ServeConfig};
+use policyd::config::{ActivityConfig, AnalysisConfig, Limits, ServeConfig};
 use policyd::state::AppState;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -47,6 +47,7 @@ pub struct Setup {
     pub activity_queue: usize,
     pub activity_max_bytes: u64,
     pub auth: policyd::config::Auth,
+    pub analysis: AnalysisConfig,
 }
 
 impl Default for Setup {
@@ -61,6 +62,7 @@ impl Default for Setup {
             activity_queue: 65_536,
             activity_max_bytes: 1 << 30,
             auth: Default::default(),
+            analysis: AnalysisConfig::default(),
         }
     }
 }
@@ -107,6 +109,7 @@ impl Daemon {
                 max_bytes: setup.activity_max_bytes,
                 ..ActivityConfig::beside(&dir.path().join("data/policyd.db"))
             },
+            analysis: setup.analysis,
         };
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -347,4 +350,31 @@ pub fn spawn_logged(cmd: &mut std::process::Command) -> (Spawned, String) {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("serve did not log its address");
     (child, addr)
+}
+
+/// Whether the cvc5 solver is available for a test that needs it. Without it the test skips and
+/// says so, except when `CI` is set: there a missing solver fails the test.
+pub fn cvc5_available(test: &str) -> bool {
+    match policyd::analysis::Cvc5::locate(None) {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: cvc5 is required in CI (CI is set) but is missing: {e}")
+        }
+        Err(e) => {
+            // Written past the test harness's capture, so the skip shows in a passing run.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipping {test}: {e}");
+            false
+        }
+    }
+}
+
+/// A copy of the bundled policies in a temp dir that a test may edit.
+pub fn policies_copy() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo_policies()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
 }
