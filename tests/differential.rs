@@ -200,6 +200,14 @@ when { resource.owner has team && resource.owner.team has lead && resource.owner
 forbid (principal, action == Action::"write", resource)
 when { principal.clearance < 2 };
 
+@id("scoped")
+permit (
+  principal is User in Group::"g1",
+  action in [Action::"read", Action::"write"],
+  resource is Doc in Folder::"f1"
+)
+when { resource.reviewers.contains(principal) };
+
 @id("boss-clearance")
 forbid (principal, action == Action::"read", resource is Doc)
 when { resource.owner has boss && resource.owner.boss.clearance > 8 && !(principal in resource.folder) };

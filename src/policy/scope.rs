@@ -4,6 +4,14 @@
 //! `resource is` another type...) neither permits nor forbids nor errs, because its scope is
 //! conjoined before its conditions; leaving it out changes no decision, reason or error, and
 //! saves evaluating it.
+//!
+//! The policies that stay are handed to Cedar with the parts of their scope that the request
+//! shape already decides taken out: `principal is User` for a `User` principal, `action in
+//! [...]` for an action in one of those groups, `resource is Dataset` for a `Dataset`. Those
+//! parts are true for every request of that shape and a scope test never errs, so the policy
+//! permits, forbids and errs exactly as before, under the same id and with the same condition;
+//! Cedar just stops rebuilding and testing them (an action list is a set value built anew on
+//! each evaluation). Entity-specific scopes (`principal == ...`, `resource in ...`) stay.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +20,7 @@ use cedar_policy::{
     ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
-use cedar_policy_core::ast;
+use cedar_policy_core::ast::{self, PrincipalOrResourceConstraint as Scope};
 
 /// Each schema action with its action groups (see `PolicySnapshot::action_entities`).
 type ActionClosures = HashMap<EntityUid, Vec<Arc<ast::Entity>>>;
@@ -89,7 +97,38 @@ fn subset(
     let keep = policies
         .policies()
         .filter(|p| action_ok(p) && principal_ok(p) && resource_ok(p))
-        .cloned();
+        .map(|p| decided_scope_removed(p, action_closure.is_some()));
     // Ids are unique in the full set, so the subset cannot clash.
     PolicySet::from_policies(keep).unwrap_or_else(|_| policies.clone())
+}
+
+/// `policy` (whose scope can match the request shape) without the scope constraints the shape
+/// decides: entity types, and the action when the schema's action groups are known.
+fn decided_scope_removed(policy: &Policy, action_groups_known: bool) -> Policy {
+    let core: &ast::Policy = policy.as_ref();
+    let untyped = |c: &Scope| match c {
+        Scope::Is(_) => Scope::Any,
+        Scope::IsIn(_, group) => Scope::In(group.clone()),
+        other => other.clone(),
+    };
+    let action = match core.action_constraint() {
+        ast::ActionConstraint::Eq(_) => ast::ActionConstraint::any(),
+        ast::ActionConstraint::In(_) if action_groups_known => ast::ActionConstraint::any(),
+        other => other.clone(),
+    };
+    let simpler = ast::StaticPolicy::new(
+        core.id().clone(),
+        core.loc().cloned(),
+        (**core.annotations_arc()).clone(),
+        core.effect(),
+        ast::PrincipalConstraint::new(untyped(core.principal_constraint().as_inner())),
+        action,
+        ast::ResourceConstraint::new(untyped(core.resource_constraint().as_inner())),
+        core.non_scope_constraints().cloned(),
+    );
+    match simpler {
+        Ok(p) => Policy::from(ast::Policy::from(p)),
+        // Static policies have no slots; were one to appear, Cedar gets the policy as written.
+        Err(_) => policy.clone(),
+    }
 }
