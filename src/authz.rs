@@ -83,26 +83,38 @@ pub fn prepare(
         return Err(RequestError::UnknownAction(action.to_string()));
     }
     let mut roots = vec![principal.clone(), resource.clone()];
-    let context = match context {
-        None | Some(Value::Null) => Context::empty(),
+    let shape = snapshot.shape(&principal, &action, &resource);
+    let (context, empty) = match context {
+        None | Some(Value::Null) => (Context::empty(), true),
         Some(v) => {
             collect_refs(&v, &mut roots);
-            Context::from_json_value(v, schema.map(|s| (s, &action)))
-                .map_err(|e| RequestError::Context(error_chain(&e)))?
+            let context = Context::from_json_value(v, schema.map(|s| (s, &action)))
+                .map_err(|e| RequestError::Context(error_chain(&e)))?;
+            (context, false)
         }
     };
     if schema.is_none() {
         roots.push(action.clone());
     }
+    // Validation reads only the shape and the context (see `scope::Shape`): a shape already
+    // validated with an empty context needs no second look.
+    let validate = if empty && shape.empty_context_valid() {
+        None
+    } else {
+        schema
+    };
     let request = Request::new(
         principal.clone(),
         action.clone(),
         resource.clone(),
         context,
-        schema,
+        validate,
     )
     .map_err(|e| RequestError::Request(error_chain(&e)))?;
-    let policies = snapshot.applicable(&principal, &action, &resource);
+    if empty && validate.is_some() {
+        shape.remember_empty_context_valid();
+    }
+    let policies = shape.policies.clone();
     Ok(Query {
         request,
         principal,
@@ -169,7 +181,10 @@ pub fn decide(snapshot: &PolicySnapshot, query: &Query, entities: &Entities) -> 
 /// Id of the organization `uid` is or belongs to (through its ancestors in `entities`); the
 /// smallest id when there are several.
 pub fn organization_of(entities: &Entities, uid: &EntityUid) -> Option<String> {
-    let is_org = |u: &EntityUid| u.type_name().to_string() == ORGANIZATION_TYPE;
+    let is_org = |u: &EntityUid| {
+        let ty = u.type_name();
+        ty.basename() == ORGANIZATION_TYPE && ty.namespace_components().next().is_none()
+    };
     if is_org(uid) {
         return Some(uid.id().unescaped().to_owned());
     }
@@ -204,6 +219,69 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    fn snapshot_of(schema: &str) -> PolicySnapshot {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.cedarschema"), schema).unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "permit(principal, action, resource);",
+        )
+        .unwrap();
+        crate::policy::load_dir(dir.path()).unwrap()
+    }
+
+    /// A shape validated once with an empty context skips validation after, but only where
+    /// validation cannot depend on the ids (enumerated types) and never for a context that
+    /// must hold something.
+    #[test]
+    fn remembered_validation_never_lets_an_invalid_request_through() {
+        let snapshot = snapshot_of(
+            r#"entity User; entity Color enum ["red", "green"];
+               action paint appliesTo { principal: User, resource: Color };
+               action sign appliesTo { principal: User, resource: User, context: { pin: Long } };
+               action look appliesTo { principal: User, resource: User };"#,
+        );
+        let try_prepare = |p: &str, a: &str, r: &str| {
+            prepare(
+                &snapshot,
+                p.parse().unwrap(),
+                a.parse().unwrap(),
+                r.parse().unwrap(),
+                None,
+            )
+        };
+        for _ in 0..2 {
+            assert!(try_prepare(r#"User::"a""#, r#"Action::"paint""#, r#"Color::"red""#).is_ok());
+            assert!(
+                try_prepare(r#"User::"a""#, r#"Action::"paint""#, r#"Color::"blue""#).is_err(),
+                "an enumerated id outside the enumeration"
+            );
+            assert!(
+                try_prepare(r#"User::"a""#, r#"Action::"sign""#, r#"User::"b""#).is_err(),
+                "a context that lacks a required attribute"
+            );
+        }
+        let shape = snapshot.shape(
+            &r#"User::"a""#.parse().unwrap(),
+            &r#"Action::"paint""#.parse().unwrap(),
+            &r#"Color::"red""#.parse().unwrap(),
+        );
+        assert!(
+            !shape.empty_context_valid(),
+            "enumerations are never remembered"
+        );
+        assert!(try_prepare(r#"User::"a""#, r#"Action::"look""#, r#"User::"b""#).is_ok());
+        let shape = snapshot.shape(
+            &r#"User::"c""#.parse().unwrap(),
+            &r#"Action::"look""#.parse().unwrap(),
+            &r#"User::"d""#.parse().unwrap(),
+        );
+        assert!(
+            shape.empty_context_valid(),
+            "a plain shape is validated once"
+        );
     }
 
     /// Cedar is handed only the policies whose scope can match: if `decide` evaluated the

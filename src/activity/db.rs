@@ -132,53 +132,88 @@ pub(super) fn insert(
     written
 }
 
+/// Rows per `INSERT` statement: one statement per row cost the writer a fifth of its time in
+/// statement overhead.
+const ROWS_PER_INSERT: usize = 64;
+const COLUMNS: &str = "(id, org, time, kind, principal, action, resource, reasons, revision)";
+const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// One record as stored: every column a (nullable) integer.
+type Row9 = [Option<i64>; 9];
+
 fn write_rows(
     tx: &Connection,
     names: &mut Names,
     epoch: i64,
     batch: &[Queued],
 ) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO records (id, org, time, kind, principal, action, resource, reasons, revision)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
+    let mut rows: Vec<Row9> = Vec::with_capacity(batch.len());
     for q in batch {
-        let e = &q.entry;
-        let org = match (&e.organization, e.kind) {
-            (_, Kind::PolicyReload) => EVERY_ORG,
-            (Some(o), _) => names.text(tx, o)?,
-            (None, _) => NO_ORG,
-        };
-        let uid = |names: &mut Names, u: &Option<cedar_policy::EntityUid>| {
-            u.as_ref().map(|u| names.uid(tx, u)).transpose()
-        };
-        let principal = uid(names, &e.principal)?;
-        let action = uid(names, &e.action)?;
-        let resource = uid(names, &e.resource)?;
-        let reasons = if e.reasons.is_empty() {
-            None
-        } else {
-            let text = serde_json::to_string(&e.reasons).unwrap_or_else(|_| "[]".to_owned());
-            Some(names.text(tx, &text)?)
-        };
-        let revision = e
-            .policy_revision
-            .as_deref()
-            .map(|r| names.text(tx, r))
-            .transpose()?;
-        stmt.execute(params![
-            q.id,
-            org,
-            q.time - epoch,
-            code(e),
-            principal,
-            action,
-            resource,
-            reasons,
-            revision
-        ])?;
+        rows.push(row(tx, names, epoch, q)?);
+    }
+    let many = format!(
+        "INSERT INTO records {COLUMNS} VALUES {}",
+        vec![ROW; ROWS_PER_INSERT].join(", ")
+    );
+    let mut insert_many = tx.prepare_cached(&many)?;
+    let mut insert_one =
+        tx.prepare_cached(&format!("INSERT INTO records {COLUMNS} VALUES {ROW}"))?;
+    let mut full = rows.chunks_exact(ROWS_PER_INSERT);
+    for chunk in &mut full {
+        run_insert(&mut insert_many, chunk)?;
+    }
+    for one in full.remainder() {
+        run_insert(&mut insert_one, std::slice::from_ref(one))?;
     }
     Ok(())
+}
+
+/// Binds `rows` to an insert statement of as many rows, and runs it.
+fn run_insert(stmt: &mut rusqlite::CachedStatement<'_>, rows: &[Row9]) -> Result<(), StoreError> {
+    for (r, values) in rows.iter().enumerate() {
+        for (c, v) in values.iter().enumerate() {
+            stmt.raw_bind_parameter(r * values.len() + c + 1, v)?;
+        }
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+/// A queued record's columns, its names interned.
+fn row(tx: &Connection, names: &mut Names, epoch: i64, q: &Queued) -> Result<Row9, StoreError> {
+    let e = &q.entry;
+    let org = match (&e.organization, e.kind) {
+        (_, Kind::PolicyReload) => EVERY_ORG,
+        (Some(o), _) => names.text(tx, o)?,
+        (None, _) => NO_ORG,
+    };
+    let mut uid =
+        |u: &Option<cedar_policy::EntityUid>| u.as_ref().map(|u| names.uid(tx, u)).transpose();
+    let principal = uid(&e.principal)?;
+    let action = uid(&e.action)?;
+    let resource = uid(&e.resource)?;
+    let reasons = if e.reasons.is_empty() {
+        None
+    } else {
+        let text = serde_json::to_string(&e.reasons).unwrap_or_else(|_| "[]".to_owned());
+        Some(names.text(tx, &text)?)
+    };
+    let revision = e
+        .policy_revision
+        .as_deref()
+        .map(|r| names.text(tx, r))
+        .transpose()?;
+    Ok([
+        Some(q.id),
+        Some(org),
+        Some(q.time - epoch),
+        Some(code(e)),
+        principal,
+        action,
+        resource,
+        reasons,
+        revision,
+    ])
 }
 
 /// The kind and the decision in one small integer.

@@ -43,11 +43,20 @@ pub fn parse(body: &[u8]) -> Result<Value, ApiError> {
 
 /// Parses a body into a typed request. Malformed JSON is `bad_json`; a body that is JSON but
 /// does not fit `T` is `invalid_field`, naming the field by its path (`requests[3].principal`).
+///
+/// The body is parsed once without tracking paths; only a body that fails is parsed again,
+/// with tracking, to name the field.
 pub fn from_body<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
-    de.end().map_err(|e| ApiError::BadJson(e.to_string()))?;
-    Ok(value)
+    match serde_json::from_slice(body) {
+        Ok(value) => Ok(value),
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let value: T = serde_path_to_error::deserialize(&mut de).map_err(field_error)?;
+            de.end().map_err(|e| ApiError::BadJson(e.to_string()))?;
+            // Unreachable in practice: the same input cannot both fail and succeed.
+            Ok(value)
+        }
+    }
 }
 
 fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {

@@ -100,16 +100,22 @@ impl PolicySnapshot {
         self.actions.get(action).map(Vec::as_slice)
     }
 
-    /// The policies that can apply to a request of these principal, action and resource (see
-    /// [`scope`]).
-    pub fn applicable(
+    /// The shape of a request of these principal, action and resource: the policies that can
+    /// apply to it (see [`scope`]).
+    pub fn shape(
         &self,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
-    ) -> Arc<PolicySet> {
-        self.scopes
-            .applicable(&self.policies, &self.actions, principal, action, resource)
+    ) -> Arc<scope::Shape> {
+        self.scopes.shape(
+            &self.policies,
+            &self.actions,
+            self.schema.as_ref(),
+            principal,
+            action,
+            resource,
+        )
     }
 
     /// Whether `action` is declared by the loaded schema.

@@ -12,15 +12,22 @@
 //! permits, forbids and errs exactly as before, under the same id and with the same condition;
 //! Cedar just stops rebuilding and testing them (an action list is a set value built anew on
 //! each evaluation). Entity-specific scopes (`principal == ...`, `resource in ...`) stay.
+//!
+//! A shape also remembers that a request of it with an empty context passed the schema's
+//! request validation: that validation reads only the entity types, the action and the
+//! context, so later such requests skip it. (Enumerated entity types make it read ids too:
+//! those shapes are always validated.)
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     ActionConstraint, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
-    ResourceConstraint,
+    ResourceConstraint, Schema,
 };
 use cedar_policy_core::ast::{self, PrincipalOrResourceConstraint as Scope};
+use cedar_policy_core::validator::{ValidatorEntityTypeKind, ValidatorSchema};
 
 /// Each schema action with its action groups (see `PolicySnapshot::action_entities`).
 type ActionClosures = HashMap<EntityUid, Vec<Arc<ast::Entity>>>;
@@ -32,38 +39,77 @@ type ScopeKey = (EntityTypeName, EntityUid, EntityTypeName);
 /// subsets are computed per request.
 const MAX_SCOPE_KEYS: usize = 4096;
 
-/// The policy subsets of one snapshot, computed on first use per request shape.
+/// What a snapshot knows about one request shape (principal type, action, resource type).
+#[derive(Debug)]
+pub struct Shape {
+    /// The policies Cedar is given for requests of this shape (see the module docs).
+    pub policies: Arc<PolicySet>,
+    /// A request of this shape with an empty context passed the schema's validation.
+    empty_context_valid: AtomicBool,
+    /// The schema validates ids of these entity types (enumerations): never remember.
+    ids_validated: bool,
+}
+
+impl Shape {
+    /// Whether a request of this shape with an empty context is known to be valid.
+    pub fn empty_context_valid(&self) -> bool {
+        self.empty_context_valid.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that a request of this shape with an empty context passed validation.
+    pub fn remember_empty_context_valid(&self) {
+        if !self.ids_validated {
+            self.empty_context_valid.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The request shapes of one snapshot, computed on first use.
 #[derive(Default)]
 pub struct Scopes {
-    subsets: Mutex<HashMap<ScopeKey, Arc<PolicySet>>>,
+    shapes: Mutex<HashMap<ScopeKey, Arc<Shape>>>,
 }
 
 impl Scopes {
-    /// The policies of `policies` whose scope can match this principal, action and resource.
-    /// `actions` maps each schema action to itself and its groups (empty without a schema).
-    pub fn applicable(
+    /// The shape of a request of this principal, action and resource: the policies of
+    /// `policies` whose scope can match it. `actions` maps each schema action to itself and
+    /// its groups (empty without a schema).
+    pub fn shape(
         &self,
         policies: &PolicySet,
         actions: &ActionClosures,
+        schema: Option<&Schema>,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
-    ) -> Arc<PolicySet> {
+    ) -> Arc<Shape> {
         let key = (
             principal.type_name().clone(),
             action.clone(),
             resource.type_name().clone(),
         );
-        let mut cache = self.subsets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = cache.get(&key) {
-            return set.clone();
+        let mut cache = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shape) = cache.get(&key) {
+            return shape.clone();
         }
-        let set = Arc::new(subset(policies, actions, &key));
+        let enumerated = |t: &EntityTypeName| schema.is_some_and(|s| is_enumerated(s, t));
+        let shape = Arc::new(Shape {
+            policies: Arc::new(subset(policies, actions, &key)),
+            empty_context_valid: AtomicBool::new(false),
+            ids_validated: enumerated(&key.0) || enumerated(&key.2),
+        });
         if cache.len() < MAX_SCOPE_KEYS {
-            cache.insert(key, set.clone());
+            cache.insert(key, shape.clone());
         }
-        set
+        shape
     }
+}
+
+/// Whether the schema declares `ty` as an enumerated entity type (whose ids it validates).
+fn is_enumerated(schema: &Schema, ty: &EntityTypeName) -> bool {
+    let core: &ValidatorSchema = schema.as_ref();
+    core.get_entity_type(ty.as_ref())
+        .is_some_and(|t| matches!(t.kind, ValidatorEntityTypeKind::Enum(_)))
 }
 
 fn subset(
