@@ -279,11 +279,16 @@ fn run_cases(snapshot: &PolicySnapshot, path: &Path) -> Result<Vec<CaseResult>, 
         source,
     })?;
     let records = entities(snapshot, path, &test)?;
-    let dir = tempfile::tempdir().map_err(read_err)?;
     let store_err = |source| TestFileError::Store {
         path: path.to_path_buf(),
         source,
     };
+    let dir = tempfile::tempdir().map_err(|e| {
+        store_err(StoreError::Open {
+            path: std::env::temp_dir().display().to_string(),
+            message: format!("cannot create a temporary directory: {e}"),
+        })
+    })?;
     let backend = SqliteStore::open(&dir.path().join("entities.db")).map_err(store_err)?;
     let store = Store::new(Box::new(backend), CACHE);
     store.upsert(&records).map_err(store_err)?;
