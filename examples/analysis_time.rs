@@ -23,7 +23,8 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     for entry in std::fs::read_dir(&repo)? {
         let p = entry?.path();
-        if let Some(name) = p.file_name() {
+        // Policy files only: `tests/` holds the policy tests.
+        if let Some(name) = p.file_name().filter(|_| p.is_file()) {
             std::fs::copy(&p, tmp.path().join(name))?;
         }
     }

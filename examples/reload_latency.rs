@@ -16,7 +16,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir(&policies)?;
     for entry in std::fs::read_dir(repo.join("policies"))? {
         let p = entry?.path();
-        if let Some(name) = p.file_name() {
+        // Policy files only: `tests/` holds the policy tests.
+        if let Some(name) = p.file_name().filter(|_| p.is_file()) {
             std::fs::copy(&p, policies.join(name))?;
         }
     }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{
     ActivityConfig, AnalysisConfig, Auth, Limits, ListenAddr, ReloadGuard, ServeConfig,
 };
+use crate::logging::LogFormat;
 
 /// Cedar authorization sidecar.
 #[derive(Debug, Parser)]
@@ -16,6 +17,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr as `text` or `json` (default: text when stderr is a terminal, else
+    /// json). Given before or after the subcommand.
+    #[arg(long, global = true, env = "POLICYD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The subcommands.
@@ -35,6 +40,12 @@ pub enum Command {
     Activity(ActivityArgs),
     /// Print the storage of an organization (per project) or a project (per item type).
     Storage(StorageArgs),
+    /// Run policy test files (default: the policy directory's tests/*.json): exit 0 when every
+    /// case passes, 1 when one fails, 2 when a file or the policies cannot be run.
+    Test(TestArgs),
+    /// Format Cedar policy files in place (default: the policy directory's *.cedar); with
+    /// --check, change nothing and exit 1 naming the files that would change.
+    Fmt(FmtArgs),
 }
 
 /// `policyd serve`.
@@ -245,4 +256,30 @@ pub struct ActivityArgs {
     /// Most records printed.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+}
+
+/// `policyd test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Directory of *.cedar policies and the *.cedarschema schema under test.
+    #[arg(long, env = "POLICYD_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Also write the results as JUnit XML to this file (for CI systems).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Test files, or directories of *.json test files (default: <policies>/tests).
+    pub paths: Vec<PathBuf>,
+}
+
+/// `policyd fmt`.
+#[derive(Debug, Args)]
+pub struct FmtArgs {
+    /// Change nothing: name each file that would be reformatted and exit 1 if there is one.
+    #[arg(long)]
+    pub check: bool,
+    /// Directory whose *.cedar files are formatted when no path is given.
+    #[arg(long, env = "POLICYD_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Cedar policy files, or directories of *.cedar files (default: the --policies directory).
+    pub paths: Vec<PathBuf>,
 }

@@ -19,6 +19,9 @@
 //! - [`import`]: entity files into the store (the `import` command and demo seeding).
 //! - [`report`]: plain-text tables for the admin commands.
 //! - [`synth`]: a deterministic synthetic platform for benchmarks and the load generator.
+//! - [`policy_test`]: policy test files (`policyd test`), decided exactly as `serve` decides.
+//! - [`formatter`]: Cedar's formatting of policy files (`policyd fmt`).
+//! - [`logging`]: the log's format (`--log-format text|json`) and filter.
 //! - [`cli`]: command-line arguments.
 //! - [`uid`]: entity uids from text, fast for canonical forms and exactly as Cedar reads them.
 
@@ -30,8 +33,11 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod formatter;
 pub mod import;
+pub mod logging;
 pub mod policy;
+pub mod policy_test;
 pub mod reload;
 pub mod report;
 pub mod server;

@@ -1,28 +1,24 @@
 //! The `policyd` binary: parse the command line, set up logging, run the command.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use cedar_policy::EntityUid;
 use clap::Parser;
 use policyd::cli::{
-    ActivityArgs, CheckArgs, Cli, Command, DiffArgs, ImportArgs, ServeArgs, StorageArgs,
+    ActivityArgs, CheckArgs, Cli, Command, DiffArgs, FmtArgs, ImportArgs, ServeArgs, StorageArgs,
+    TestArgs,
 };
 use policyd::store::sqlite::SqliteStore;
 use policyd::store::{StorageLedger, Store};
-use policyd::{analysis, daemon, import, policy, report, server, shutdown, storage};
+use policyd::{
+    analysis, daemon, formatter, import, logging, policy, policy_test, report, server, shutdown,
+    storage,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Check(args) => return check(args),
@@ -30,6 +26,8 @@ fn main() -> ExitCode {
         Command::Import(args) => import(args),
         Command::Storage(args) => storage(args),
         Command::Activity(args) => activity(args),
+        Command::Test(args) => return test(args),
+        Command::Fmt(args) => return fmt(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +147,88 @@ fn diff(args: DiffArgs) -> ExitCode {
     if !report.is_complete() {
         ExitCode::from(CANNOT)
     } else if report.changed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `policyd test`: 0 when every case passes, 1 when one fails, 2 when something cannot run.
+fn test(args: TestArgs) -> ExitCode {
+    const CANNOT: u8 = 2;
+    let snapshot = match policy::load_dir(&args.policies) {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            eprintln!(
+                "error: cannot load the policies in {}:\n{}",
+                args.policies.display(),
+                lines(&e.errors())
+            );
+            return ExitCode::from(CANNOT);
+        }
+    };
+    let files = match policy_test::discover(&args.policies, &args.paths) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(CANNOT);
+        }
+    };
+    let report = policy_test::run(&snapshot, &files);
+    for line in report.failure_lines() {
+        println!("{line}");
+    }
+    for e in report.file_errors() {
+        eprintln!("error: {e}");
+    }
+    if let Some(path) = &args.junit
+        && let Err(e) = std::fs::write(path, policy_test::junit::render(&report))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::from(CANNOT);
+    }
+    println!("{}", report.summary());
+    ExitCode::from(report.exit_code())
+}
+
+/// `policyd fmt`: 0 when done (or, with --check, nothing to change), 1 when --check found a
+/// file to change, 2 when a file cannot be read, parsed or written.
+fn fmt(args: FmtArgs) -> ExitCode {
+    const CANNOT: u8 = 2;
+    let files = match formatter::files(&args.paths, &args.policies) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(CANNOT);
+        }
+    };
+    let (mut changed, mut failed) = (0, 0);
+    for file in &files {
+        match formatter::format_file(file, args.check) {
+            Ok(false) => {}
+            Ok(true) if args.check => {
+                changed += 1;
+                println!("would reformat {}", file.display());
+            }
+            Ok(true) => {
+                changed += 1;
+                println!("reformatted {}", file.display());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    let verb = if args.check {
+        "would be reformatted"
+    } else {
+        "reformatted"
+    };
+    println!("{} files checked, {changed} {verb}", files.len());
+    if failed > 0 {
+        ExitCode::from(CANNOT)
+    } else if args.check && changed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

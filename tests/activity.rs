@@ -118,10 +118,7 @@ async fn decisions_are_recorded_with_their_organization() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_writes_and_reloads_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo_policies()).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
-    }
+    common::copy_policy_files(&repo_policies(), dir.path());
     let d = Daemon::start(Setup {
         policies: dir.path().to_path_buf(),
         entities: Some(repo_entities()),

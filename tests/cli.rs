@@ -234,10 +234,7 @@ fn sighup_reloads_the_policies() {
     let tmp = tempfile::tempdir().unwrap();
     let policies = tmp.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
-    for entry in std::fs::read_dir(repo_policies()).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
-    }
+    common::copy_policy_files(&repo_policies(), &policies);
     let (mut child, addr) = spawn_serve_with(
         &tmp.path().join("db"),
         &policies,

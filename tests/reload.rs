@@ -21,10 +21,7 @@ const SPEECH: &str = "Project::\"speech\""; // shared with carol via shared.proj
 /// A copy of the bundled policies that a test may edit.
 fn policies_copy() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo_policies()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    common::copy_policy_files(&repo_policies(), dir.path());
     dir
 }
 

@@ -53,7 +53,9 @@ impl Server {
         .arg("--entities")
         .arg(dir.path().join("no-entities"))
         .args(extra)
-        .env("RUST_LOG", "warn,policyd=info");
+        .env("RUST_LOG", "warn,policyd=info")
+        // Text, whose `addr=` `spawn` reads (a piped stderr would log JSON by default).
+        .env("POLICYD_LOG_FORMAT", "text");
         let mut server = Server::spawn(&mut cmd)?;
         server.dir = Some(dir);
         Ok(server)

@@ -71,8 +71,8 @@ struct Diagnostics {
 }
 
 #[derive(Debug, Serialize)]
-struct BatchAnswer {
-    results: Vec<Answer>,
+struct BatchAnswer<'a> {
+    results: &'a [Answer],
 }
 
 /// Parses and validates a single decision request body.
@@ -115,7 +115,9 @@ pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bod
     let answer = record(state, &snapshot, queries, outcomes)
         .pop()
         .ok_or_else(|| ApiError::Internal("no decision for the request".to_owned()))?;
-    Ok(json::respond_with(StatusCode::OK, &answer))
+    let id = answer.decision_id;
+    let resp = json::respond_with(StatusCode::OK, &answer);
+    Ok(super::with_decision_ids(resp, std::iter::once(id)))
 }
 
 /// Up to `max_batch` decisions on one snapshot and one entity slice, answered in order.
@@ -124,7 +126,11 @@ pub async fn batch(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body
     let queries = parse_batch(&snapshot, body, state.limits.max_batch)?;
     let outcomes = decide(state, &snapshot, &queries).await?;
     let results = record(state, &snapshot, queries, outcomes);
-    Ok(json::respond_with(StatusCode::OK, &BatchAnswer { results }))
+    let resp = json::respond_with(StatusCode::OK, &BatchAnswer { results: &results });
+    Ok(super::with_decision_ids(
+        resp,
+        results.iter().map(|a| a.decision_id),
+    ))
 }
 
 async fn decide(

@@ -13,6 +13,7 @@ mod policies;
 mod storage;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -22,6 +23,7 @@ use cedar_policy::EntityUid;
 
 use crate::authz::{self, Query};
 use crate::engine;
+use crate::logging::REQUEST_TARGET;
 use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 use crate::store::Store;
@@ -30,17 +32,20 @@ pub use error::ApiError;
 pub use json::Body;
 
 /// Answers one request. Never fails: errors become JSON error responses.
+///
+/// With the request log on (debug on [`REQUEST_TARGET`]), each request ends in one event:
+/// method, route pattern, status, latency and the decision ids. Off, it costs one check of
+/// the filter: no clock read, no strings.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let started = request_log_on().then(Instant::now);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    match route(&state, req).await {
-        Ok(resp) => resp,
+    let (resp, refused) = match route(&state, req).await {
+        Ok(resp) => (resp, None),
         Err(err) => {
             let (status, code) = err.status_and_code();
             if status.is_server_error() {
-                tracing::error!(%method, %path, code, error = %err, "request failed");
-            } else {
-                tracing::debug!(%method, %path, code, error = %err, "request refused");
+                tracing::error!(%method, route = route_pattern(&path), %path, code, error = %err, "request failed");
             }
             let mut resp = json::respond(status, &err.body());
             if matches!(err, ApiError::Unauthorized) {
@@ -49,9 +54,96 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
                     hyper::header::HeaderValue::from_static("Bearer"),
                 );
             }
-            resp
+            (resp, Some((code, err)))
         }
+    };
+    if let Some(started) = started {
+        log_request(&method, &path, &resp, started, refused.as_ref());
     }
+    resp
+}
+
+/// Whether the request log is on.
+fn request_log_on() -> bool {
+    tracing::enabled!(target: REQUEST_TARGET, tracing::Level::DEBUG)
+}
+
+/// The activity record ids of a response's decisions, attached (as a response extension) by
+/// the decision routes while the request log is on.
+#[derive(Debug, Clone)]
+struct DecisionIds(Vec<i64>);
+
+/// The request log's event for one answered request.
+fn log_request(
+    method: &Method,
+    path: &str,
+    resp: &Response<Body>,
+    started: Instant,
+    refused: Option<&(&'static str, ApiError)>,
+) {
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let ids = resp
+        .extensions()
+        .get::<DecisionIds>()
+        .map(|d| d.0.as_slice());
+    let (decision_id, decision_ids) = match ids {
+        Some([one]) => (Some(*one), None),
+        Some(many) if !many.is_empty() => {
+            let joined: Vec<String> = many.iter().map(i64::to_string).collect();
+            (None, Some(joined.join(",")))
+        }
+        _ => (None, None),
+    };
+    tracing::debug!(
+        target: REQUEST_TARGET,
+        %method,
+        route = route_pattern(path),
+        status = resp.status().as_u16(),
+        latency_us,
+        decision_id,
+        decision_ids,
+        code = refused.map(|(code, _)| *code),
+        error = refused.map(|(_, e)| tracing::field::display(e)),
+        "request"
+    );
+}
+
+/// The route pattern `path` matches, ids left out (`/v1/entities/{type}/{id}`), for the log;
+/// `unmatched` for a path no route serves. Mirrors [`route`].
+fn route_pattern(path: &str) -> &'static str {
+    let Ok(segments) = segments(path) else {
+        return "unmatched";
+    };
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["v1", "policies"] => "/v1/policies",
+        ["v1", "policies", "reload"] => "/v1/policies/reload",
+        ["v1", "is_authorized"] => "/v1/is_authorized",
+        ["v1", "is_authorized", "batch"] => "/v1/is_authorized/batch",
+        ["v1", "entities"] => "/v1/entities",
+        ["v1", "entities", _, _] => "/v1/entities/{type}/{id}",
+        ["v1", "activity"] => "/v1/activity",
+        ["v1", "storage", "check"] => "/v1/storage/check",
+        ["v1", "storage", "reservations"] => "/v1/storage/reservations",
+        ["v1", "storage", "reservations", _] => "/v1/storage/reservations/{id}",
+        ["v1", "storage", _, _] => "/v1/storage/{type}/{id}",
+        _ => "unmatched",
+    }
+}
+
+/// Attaches the decisions' activity record ids to a response, for the request log (only
+/// while it is on).
+fn with_decision_ids(
+    mut resp: Response<Body>,
+    ids: impl Iterator<Item = Option<i64>>,
+) -> Response<Body> {
+    if request_log_on() {
+        resp.extensions_mut()
+            .insert(DecisionIds(ids.flatten().collect()));
+    }
+    resp
 }
 
 /// Who may call a route.
@@ -257,5 +349,24 @@ mod tests {
             ["v1", "entities", "User", "café/x"]
         );
         assert!(segments("/v1/entities/User/%FF").is_err());
+    }
+
+    #[test]
+    fn route_patterns_leave_ids_out() {
+        assert_eq!(
+            route_pattern("/v1/entities/User/caf%C3%A9"),
+            "/v1/entities/{type}/{id}"
+        );
+        assert_eq!(
+            route_pattern("/v1/storage/reservations/r-1"),
+            "/v1/storage/reservations/{id}"
+        );
+        assert_eq!(
+            route_pattern("/v1/storage/Project/p"),
+            "/v1/storage/{type}/{id}"
+        );
+        assert_eq!(route_pattern("/v1/is_authorized"), "/v1/is_authorized");
+        assert_eq!(route_pattern("/v1/secret/alice"), "unmatched");
+        assert_eq!(route_pattern("/v1/entities/User/%FF"), "unmatched");
     }
 }

@@ -70,7 +70,7 @@ pub(super) fn file_error(file: &str, message: String) -> SourceError {
 }
 
 /// Turns a Cedar diagnostic (and its related diagnostics) into located errors.
-pub(super) fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<SourceError> {
+pub(crate) fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<SourceError> {
     let mut out = Vec::new();
     let related: Vec<&dyn Diagnostic> = diag.related().map(|r| r.collect()).unwrap_or_default();
     let all: Vec<&dyn Diagnostic> = if related.is_empty() {

@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 mod errors;
 pub mod scope;
 
+pub(crate) use errors::diagnostic_errors;
+use errors::file_error;
 pub use errors::{LoadError, SourceError};
-use errors::{diagnostic_errors, file_error};
 
 /// Deepest attribute chain a schema-validated policy set may dereference. Cedar proves the actual
 /// depth of a set (see [`PolicySnapshot::deref_depth`]); this only bounds the search for it.

@@ -340,8 +340,8 @@ pub fn spawn_logged(cmd: &mut std::process::Command) -> (Spawned, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+            if let Some(addr) = logged_addr(&line) {
+                let _ = tx.send(addr);
             }
         }
     });
@@ -350,6 +350,17 @@ pub fn spawn_logged(cmd: &mut std::process::Command) -> (Spawned, String) {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("serve did not log its address");
     (child, addr)
+}
+
+/// The address in serve's "policyd listening" log line, text (`addr=...`) or JSON (stderr that
+/// is not a terminal logs JSON by default).
+pub fn logged_addr(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let event: Value = serde_json::from_str(line).ok()?;
+        return event["addr"].as_str().map(str::to_owned);
+    }
+    let addr = line.split("addr=").nth(1)?;
+    Some(addr.split_whitespace().next().unwrap_or("").to_owned())
 }
 
 /// Whether the cvc5 solver is available for a test that needs it. Without it the test skips and
@@ -372,9 +383,16 @@ pub fn cvc5_available(test: &str) -> bool {
 /// A copy of the bundled policies in a temp dir that a test may edit.
 pub fn policies_copy() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo_policies()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    copy_policy_files(&repo_policies(), dir.path());
     dir
+}
+
+/// Copies the files of a policy directory (not its `tests/` subdirectory) into `to`.
+pub fn copy_policy_files(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
 }
