@@ -31,7 +31,7 @@ fn policies() -> PolicySnapshot {
 fn filled(dir: &Path, shape: Shape, snapshot: &PolicySnapshot) -> Store {
     let store = Store::new(
         Box::new(SqliteStore::open(&dir.join("bench.db")).unwrap()),
-        100_000,
+        256 << 20,
     );
     let start = Instant::now();
     let mut batch = Vec::with_capacity(5_000);
@@ -147,6 +147,20 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % queries.len();
                 authz::decide(&snapshot, &queries[i], &built[i])
+            })
+        });
+        // The cold path: a store whose cache holds one entity, so every entity of a decision
+        // is read from SQLite and resolved.
+        let cold = Store::new(
+            Box::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap()),
+            1,
+        );
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("uncached", size), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                engine::decide_blocking(&cold, &snapshot, std::slice::from_ref(&queries[i]))
+                    .unwrap()
             })
         });
         let batch: Vec<Query> = queries[..50].to_vec();

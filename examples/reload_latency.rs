@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         entities_dir: repo.join("entities"),
         listen: "127.0.0.1:0".parse().map_err(anyhow::Error::msg)?,
         auth: Default::default(),
-        entity_cache: 10_000,
+        entity_cache: 16 << 20,
         watch: true,
         limits: Limits::default(),
         activity: ActivityConfig::beside(&tmp.path().join("policyd.db")),

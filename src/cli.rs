@@ -87,9 +87,10 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-    /// Parsed entities kept in memory for decisions.
-    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value_t = 50_000)]
-    pub entity_cache: usize,
+    /// Memory for entities kept ready for decisions (resolved entities take about 1-5 KiB
+    /// each), like 64MiB.
+    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "64MiB", value_parser = crate::config::parse_bytes)]
+    pub entity_cache: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "POLICYD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -107,7 +108,7 @@ pub struct ServeArgs {
     pub activity_queue: usize,
     /// Most bytes the activity log may hold on disk; past it the oldest records are deleted
     /// (and counted), so the log never fills the disk under the entity store.
-    #[arg(long, env = "POLICYD_ACTIVITY_MAX_BYTES", default_value_t = 1 << 30)]
+    #[arg(long, env = "POLICYD_ACTIVITY_MAX_BYTES", default_value = "1GiB", value_parser = crate::config::parse_bytes)]
     pub activity_max_bytes: u64,
     /// Reload when the policy directory changes (SIGHUP and the API always reload).
     #[arg(long, env = "POLICYD_WATCH", default_value_t = true, action = clap::ArgAction::Set)]

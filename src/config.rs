@@ -127,8 +127,8 @@ pub struct ServeConfig {
     pub listen: ListenAddr,
     /// Who may call what.
     pub auth: Auth,
-    /// Parsed entities kept in memory.
-    pub entity_cache: usize,
+    /// About how many bytes of resolved entities are kept in memory.
+    pub entity_cache: u64,
     /// Reload when the policy directory changes.
     pub watch: bool,
     /// Request limits.
@@ -220,5 +220,53 @@ impl ActivityConfig {
             queue: 65_536,
             max_bytes: 1 << 30,
         }
+    }
+}
+
+/// Parses a size in bytes: a plain number, or one with a binary unit (`64MiB`, `1 GiB`, `512KiB`,
+/// `10B`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 64MiB or 1073741824"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use B, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_with_binary_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_bytes("10B"), Ok(10));
+        assert!(parse_bytes("64MB").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(
+            parse_bytes("99999999999TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

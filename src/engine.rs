@@ -44,9 +44,10 @@ pub struct Outcome {
 /// Decides every query on `snapshot`, sharing one entity slice between them, within
 /// `deadline`; outcomes in the order of `queries`.
 ///
-/// When every entity of the slice is cached (the common case) nothing blocks; otherwise the
-/// store is read on a blocking thread, never on the async runtime. Evaluation is pure CPU and
-/// runs here. Past the deadline the answer is [`EngineError::Deadline`], never a decision.
+/// Entities come from the cache, or, for misses, from a fast local read on this thread while
+/// the store's stall valve is open (see [`crate::store::valve`]); otherwise the store is read
+/// on a blocking thread, and the deadline cuts the wait short. Evaluation is pure CPU and runs
+/// here. Past the deadline the answer is [`EngineError::Deadline`], never a decision.
 pub async fn decide(
     store: &Arc<Store>,
     snapshot: &PolicySnapshot,
@@ -56,7 +57,7 @@ pub async fn decide(
     let started = Instant::now();
     let roots = roots(queries);
     let depth = snapshot.deref_depth;
-    let slice = match store.slice_cached(&roots, depth) {
+    let slice = match store.slice_now(&roots, depth)? {
         Some(slice) => slice,
         None => {
             let store = store.clone();

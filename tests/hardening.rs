@@ -323,7 +323,10 @@ impl StorageLedger for Broken {
 
 /// Serves the given backend under policies that allow everything, so only a failure of the
 /// daemon itself can keep a request from being allowed.
-async fn serve_permit_all(backend: Broken, limits: Limits) -> (common::Client, tempfile::TempDir) {
+async fn serve_permit_all(
+    backend: impl policyd::store::Backend + 'static,
+    limits: Limits,
+) -> (common::Client, tempfile::TempDir) {
     let dir = common::policy_dir(&[("all.cedar", "permit(principal, action, resource);")]);
     let snapshot = policyd::policy::load_dir(dir.path()).unwrap();
     let state = policyd::state::AppState::new(
@@ -376,5 +379,136 @@ async fn a_decision_past_its_deadline_is_503_never_allow() {
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "answered at the deadline, not after the store"
+    );
+}
+
+/// A real SQLite store whose entity reads can be made to hang, read inline like SQLite's.
+struct Stalling {
+    inner: policyd::store::sqlite::SqliteStore,
+    stall_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl EntityStore for Stalling {
+    fn upsert(&self, r: &[Record]) -> Result<WriteEffect, StoreError> {
+        self.inner.upsert(r)
+    }
+    fn delete(&self, u: &EntityUid) -> Result<Option<WriteEffect>, StoreError> {
+        self.inner.delete(u)
+    }
+    fn get(&self, u: &EntityUid) -> Result<Option<Record>, StoreError> {
+        self.inner.get(u)
+    }
+    fn body(&self, u: &EntityUid) -> Result<Option<String>, StoreError> {
+        let ms = self.stall_ms.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.inner.body(u)
+    }
+    fn count(&self) -> Result<u64, StoreError> {
+        self.inner.count()
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping()
+    }
+    fn scan(&self, v: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
+        self.inner.scan(v)
+    }
+    fn reads_inline(&self) -> bool {
+        true
+    }
+}
+
+impl StorageLedger for Stalling {
+    fn usage(&self, u: &EntityUid, now: i64) -> Result<Option<Usage>, StoreError> {
+        self.inner.usage(u, now)
+    }
+    fn children(&self, p: &EntityUid, t: &str) -> Result<Vec<EntityUid>, StoreError> {
+        self.inner.children(p, t)
+    }
+    fn check_quota(&self, p: &EntityUid, a: i64, n: i64) -> Result<Option<QuotaCheck>, StoreError> {
+        self.inner.check_quota(p, a, n)
+    }
+    fn reserve(
+        &self,
+        p: &EntityUid,
+        b: i64,
+        t: i64,
+        k: Option<&str>,
+        n: i64,
+    ) -> Result<ReserveOutcome, StoreError> {
+        self.inner.reserve(p, b, t, k, n)
+    }
+    fn release(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.release(id)
+    }
+    fn sweep_reservations(&self, n: i64, l: i64) -> Result<usize, StoreError> {
+        self.inner.sweep_reservations(n, l)
+    }
+}
+
+/// Cache misses are read on the request's thread, but a disk that hangs must not take the
+/// daemon with it: while one inline read hangs, other misses go to blocking threads and are
+/// answered 503 at their deadline, health checks answer at once, nothing is ever allowed, and
+/// once the disk is fast again decisions resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_inline_read_holds_only_its_own_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let stall_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let backend = Stalling {
+        inner: policyd::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap(),
+        stall_ms: stall_ms.clone(),
+    };
+    let limits = Limits {
+        decision_deadline: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let (d, _policies) = serve_permit_all(backend, limits).await;
+    let ask = |who: &str| {
+        json!({"principal": format!("User::\"{who}\""), "action": "Action::\"view\"", "resource": "Project::\"p\""})
+            .to_string()
+            .into_bytes()
+    };
+    let (status, body) = d.call("POST", "/v1/is_authorized", ask("warm")).await;
+    assert_eq!(
+        (status.as_u16(), body["decision"].as_str()),
+        (200, Some("Allow"))
+    );
+    stall_ms.store(1_500, std::sync::atomic::Ordering::SeqCst);
+    let first = {
+        let d = common::Client(d.0);
+        let body = ask("a");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = d.call("POST", "/v1/is_authorized", body).await;
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = d.call("POST", "/v1/is_authorized", ask("b")).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (503, Some("deadline_exceeded")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "the second miss waited for the hung read: {:?}",
+        started.elapsed()
+    );
+    let (status, _) = d.call("GET", "/healthz", vec![]).await;
+    assert_eq!(status, 200);
+    let ((status, body), took) = first.await.unwrap();
+    assert_eq!(
+        status.as_u16(),
+        503,
+        "never an Allow past the deadline: {body}"
+    );
+    assert!(took >= Duration::from_millis(1_400), "{took:?}");
+    stall_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(policyd::store::valve::COOL_OFF + Duration::from_millis(100)).await;
+    let (status, body) = d.call("POST", "/v1/is_authorized", ask("c")).await;
+    assert_eq!(
+        (status.as_u16(), body["decision"].as_str()),
+        (200, Some("Allow"))
     );
 }

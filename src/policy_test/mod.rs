@@ -31,8 +31,8 @@ pub use file::{Case, Expect, FormatError, TestFile, Verdict};
 /// Where test files are looked for when no path is given, inside the policy directory.
 pub const TESTS_DIR: &str = "tests";
 
-/// Parsed entities kept in memory per test file's store.
-const CACHE: usize = 4096;
+/// Memory for resolved entities per test file's store.
+const CACHE: u64 = 16 << 20;
 
 /// Why a test file could not be run.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::EntityUid;
+use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 use super::resolve::Resolved;
@@ -17,8 +18,21 @@ use super::resolve::Resolved;
 /// `None` entries remember that an entity is absent.
 pub(super) type Entry = Option<Arc<Resolved>>;
 
+/// Weighs an entry by the memory it takes (see [`super::resolve::weight`]).
+#[derive(Clone)]
+struct Bytes;
+
+/// What an entry for an absent entity costs: its key and the slot.
+const ABSENT: u64 = 200;
+
+impl Weighter<EntityUid, Entry> for Bytes {
+    fn weight(&self, _: &EntityUid, entry: &Entry) -> u64 {
+        entry.as_ref().map_or(ABSENT, |r| r.weight)
+    }
+}
+
 pub(super) struct EntityCache {
-    entries: Cache<EntityUid, Entry>,
+    entries: Cache<EntityUid, Entry, Bytes>,
     hits: AtomicU64,
     misses: AtomicU64,
     /// Counts writes. A reader fills the cache only if no write committed since it began
@@ -35,9 +49,12 @@ pub(super) enum Invalidate {
 }
 
 impl EntityCache {
-    pub(super) fn new(capacity: usize) -> Self {
+    /// A cache holding about `bytes` of entities.
+    pub(super) fn new(bytes: u64) -> Self {
+        // Sized for entities of about 2 KiB; the weights, not this estimate, bound the cache.
+        let estimated = usize::try_from(bytes / 2048).unwrap_or(usize::MAX).max(16);
         EntityCache {
-            entries: Cache::new(capacity.max(1)),
+            entries: Cache::with_weighter(estimated, bytes.max(1), Bytes),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             epoch: RwLock::new(0),

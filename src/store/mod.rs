@@ -11,6 +11,7 @@ mod materialize;
 pub mod resolve;
 mod slice;
 pub mod sqlite;
+pub mod valve;
 
 use std::sync::Arc;
 
@@ -71,6 +72,12 @@ pub trait EntityStore: Send + Sync {
     fn ping(&self) -> Result<(), StoreError>;
     /// Calls `visit` with every stored record until it returns `false`.
     fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError>;
+    /// Whether [`EntityStore::body`] reads local data (a file in the OS page cache), fast
+    /// enough to run on the request's thread behind the [`valve::StallValve`]. A backend that
+    /// may wait on anything else keeps the default: its reads go to blocking threads.
+    fn reads_inline(&self) -> bool {
+        false
+    }
 }
 
 /// Storage accounting, quotas and reservations, kept by the backend in the same transactions as
@@ -118,6 +125,15 @@ impl<T: EntityStore + StorageLedger> Backend for T {
 pub struct Store {
     backend: Box<dyn Backend>,
     cache: EntityCache,
+    valve: valve::StallValve,
+}
+
+/// Why [`Store::slice_now`] gave up.
+enum NotNow {
+    /// An entity is neither cached nor readable inline now.
+    Later,
+    /// Reading the store failed.
+    Failed(StoreError),
 }
 
 impl Store {
@@ -126,11 +142,12 @@ impl Store {
         self.backend.as_ledger()
     }
 
-    /// Wraps `backend`, caching at most `cache_capacity` parsed entities.
-    pub fn new(backend: Box<dyn Backend>, cache_capacity: usize) -> Self {
+    /// Wraps `backend`, caching about `cache_bytes` of resolved entities.
+    pub fn new(backend: Box<dyn Backend>, cache_bytes: u64) -> Self {
         Store {
             backend,
-            cache: EntityCache::new(cache_capacity),
+            cache: EntityCache::new(cache_bytes),
+            valve: valve::StallValve::default(),
         }
     }
 
@@ -189,10 +206,35 @@ impl Store {
         slice::slice(roots, depth, |uid| self.fetch(uid))
     }
 
-    /// [`Store::slice`] from the cache alone: `None` as soon as an entity is not cached. Never
-    /// blocks, so a decision whose entities are all cached needs no trip to a blocking thread.
-    pub fn slice_cached(&self, roots: &[EntityUid], depth: u32) -> Option<Vec<Arc<ast::Entity>>> {
-        slice::slice(roots, depth, |uid| self.cache.get(uid).ok_or(())).ok()
+    /// [`Store::slice`] without blocking on anything but a fast local read: from the cache,
+    /// and for misses from the backend on this thread when it reads inline and the stall valve
+    /// is open. `Ok(None)` when a miss must go to a blocking thread instead.
+    pub fn slice_now(
+        &self,
+        roots: &[EntityUid],
+        depth: u32,
+    ) -> Result<Option<Vec<Arc<ast::Entity>>>, StoreError> {
+        let inline = self.backend.reads_inline();
+        let sliced = slice::slice(roots, depth, |uid| {
+            if let Some(hit) = self.cache.get(uid) {
+                return Ok(hit);
+            }
+            let _reading = inline
+                .then(|| self.valve.enter())
+                .flatten()
+                .ok_or(NotNow::Later)?;
+            self.fetch(uid).map_err(NotNow::Failed)
+        });
+        match sliced {
+            Ok(slice) => Ok(Some(slice)),
+            Err(NotNow::Later) => Ok(None),
+            Err(NotNow::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Cache misses that found the stall valve closed, since start (see [`valve`]).
+    pub fn valve_refusals(&self) -> u64 {
+        self.valve.refused()
     }
 
     /// Id of the organization `uid` is or belongs to (through its stored ancestors); the

@@ -25,6 +25,8 @@ pub struct Resolved {
     pub entity: Arc<ast::Entity>,
     /// Uids its attributes and tags refer to: where a policy may dereference next.
     pub refs: Vec<EntityUid>,
+    /// About how many bytes of memory this takes (see [`weight`]).
+    pub weight: u64,
 }
 
 impl Resolved {
@@ -44,8 +46,35 @@ pub fn resolve(decoded: Decoded, parents: &[Option<Arc<Resolved>>]) -> Resolved 
             entity.add_indirect_ancestor(ancestor.clone());
         }
     }
+    let weight = weight(&entity, decoded.refs.len());
     Resolved {
         entity: Arc::new(entity),
         refs: decoded.refs,
+        weight,
     }
+}
+
+/// About how many bytes a resolved entity takes. Cedar's entities are far larger than their
+/// JSON (a dataset of 219 bytes of JSON takes 3.3 KB: a B-tree node for the attributes, hash
+/// sets for the ancestors, a shared allocation per entity uid), so the cache is bounded by
+/// this estimate, not by a count. Calibrated against a counting allocator on the platform's
+/// entity kinds (users, datasets, projects, organizations), within about 10%.
+pub fn weight(entity: &ast::Entity, refs: usize) -> u64 {
+    const BASE: u64 = 840;
+    const ATTRIBUTES: u64 = 1_300;
+    const PER_REFERENCE: u64 = 400;
+    const PER_SET: u64 = 600;
+    const PER_ANCESTOR: u64 = 150;
+    let sets = entity
+        .attrs()
+        .chain(entity.tags())
+        .filter(|(_, v)| {
+            matches!(v, ast::PartialValue::Value(v) if matches!(v.value_kind(), ast::ValueKind::Set(_)))
+        })
+        .count() as u64;
+    let has_fields = entity.attrs_len() + entity.tags_len() > 0;
+    BASE + u64::from(has_fields) * ATTRIBUTES
+        + refs as u64 * PER_REFERENCE
+        + sets * PER_SET
+        + entity.ancestors().count() as u64 * PER_ANCESTOR
 }

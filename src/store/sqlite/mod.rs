@@ -337,6 +337,11 @@ impl EntityStore for SqliteStore {
         })
     }
 
+    /// Reads come from the database file, through the OS page cache.
+    fn reads_inline(&self) -> bool {
+        true
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }
