@@ -12,10 +12,10 @@ use super::{Queued, Shared, db};
 use crate::storage::now_micros;
 
 /// Most records in one transaction.
-pub(super) const BATCH: usize = 32_768;
+pub(super) const BATCH: usize = 8_192;
 /// How long the writer lets records gather before committing them. Bigger batches write each
 /// index page once instead of once per few records: under load this is most of the log's cost.
-const LINGER: Duration = Duration::from_millis(1000);
+const LINGER: Duration = Duration::from_millis(200);
 /// How often records past the retention are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// Past the size bound, the oldest records are deleted until the log is back to this share of
