@@ -28,8 +28,9 @@ pub struct Query {
     pub resource: EntityUid,
     /// The action, whose entity comes from the schema when there is one.
     pub action: EntityUid,
-    /// Where the entity slice starts: principal, resource, context references, and the action
-    /// when it must come from the store (no schema).
+    /// Where the entity slice starts: principal, resource, context references, the action
+    /// when it must come from the store (no schema), and in reachable mode the entity literals
+    /// the policies dereference.
     pub roots: Vec<EntityUid>,
     /// The policies whose scope can match this request (see [`crate::policy::scope`]): the
     /// only ones Cedar is given.
@@ -94,6 +95,8 @@ pub fn prepare(
     if schema.is_none() {
         roots.push(action.clone());
     }
+    // Reachable mode: the entity literals the policies dereference are read like the roots.
+    roots.extend(snapshot.literal_roots().iter().cloned());
     let request = Request::new(
         principal.clone(),
         action.clone(),
@@ -114,7 +117,8 @@ pub fn prepare(
 }
 
 /// Joins a slice (entities with their ancestors already closed, see [`crate::store::resolve`])
-/// and the schema's entities for the queries' `actions` into Cedar's entity store.
+/// and the schema's entities for the queries' `actions` (and for the action literals the
+/// policies dereference, in reachable mode) into Cedar's entity store.
 ///
 /// The entities are shared, not copied, and their closure is not recomputed: Cedar is told it
 /// is already computed, which [`crate::store::resolve`] guarantees. They were validated when
@@ -125,8 +129,10 @@ pub fn entities<'a>(
     actions: impl IntoIterator<Item = &'a EntityUid>,
 ) -> Result<Entities, EntitiesError> {
     let mut all = slice;
+    let mut wanted: Vec<&EntityUid> = actions.into_iter().collect();
+    wanted.extend(snapshot.literal_actions());
     let mut added: Vec<&EntityUid> = Vec::new();
-    for action in actions {
+    for action in wanted {
         if added.contains(&action) {
             continue;
         }

@@ -20,19 +20,11 @@ use sha2::{Digest, Sha256};
 
 mod errors;
 pub mod scope;
+pub mod slicing;
 
 pub use errors::{LoadError, SourceError};
 use errors::{diagnostic_errors, file_error};
-
-/// Deepest attribute chain a schema-validated policy set may dereference. Cedar proves the actual
-/// depth of a set (see [`PolicySnapshot::deref_depth`]); this only bounds the search for it.
-pub const MAX_DEREF_DEPTH: u32 = 16;
-
-/// How far entity references are followed when there is no schema to prove a depth.
-///
-/// Without a schema nothing bounds what a policy may reach, so this is a documented limit: a
-/// policy that follows a longer attribute chain sees the entity at its end as missing.
-pub const UNVALIDATED_DEREF_DEPTH: u32 = 4;
+pub use slicing::{Proof, Slicing};
 
 const POLICY_EXT: &str = "cedar";
 const SCHEMA_EXT: &str = "cedarschema";
@@ -62,14 +54,21 @@ pub struct PolicySnapshot {
     pub schema_revision: Option<String>,
     /// Policies in file order, then position within the file.
     pub infos: Vec<PolicyInfo>,
-    /// How many entity dereferences the policies may chain (Cedar level validation).
-    pub deref_depth: u32,
+    /// How far a decision's entity slice reaches, and what proved it (see [`slicing`]).
+    pub slicing: Slicing,
+    /// The depth handed to the store's slicer: [`Slicing::depth`], `None` (to a fixed point) in
+    /// reachable mode.
+    pub deref_depth: Option<u32>,
     /// Warnings from validation, for the log.
     pub warnings: Vec<String>,
     /// When the snapshot was built.
     pub loaded_at: SystemTime,
     /// Each schema action with its action-group ancestors, ready to join a decision's entities.
     actions: HashMap<EntityUid, Vec<Arc<ast::Entity>>>,
+    /// See [`PolicySnapshot::literal_roots`].
+    literal_roots: Vec<EntityUid>,
+    /// See [`PolicySnapshot::literal_actions`].
+    literal_actions: Vec<EntityUid>,
     authorizer: Authorizer,
     /// The policies whose scope can match each request shape seen.
     scopes: scope::Scopes,
@@ -81,7 +80,7 @@ impl fmt::Debug for PolicySnapshot {
             .field("revision", &self.revision)
             .field("policies", &self.infos.len())
             .field("schema", &self.schema.is_some())
-            .field("deref_depth", &self.deref_depth)
+            .field("slicing", &self.slicing)
             .finish()
     }
 }
@@ -110,6 +109,18 @@ impl PolicySnapshot {
     ) -> Arc<PolicySet> {
         self.scopes
             .applicable(&self.policies, &self.actions, principal, action, resource)
+    }
+
+    /// The entity literals the policies dereference that a decision's slice starts from, besides
+    /// the request's roots (reachable mode only): those the store holds, not schema actions.
+    pub fn literal_roots(&self) -> &[EntityUid] {
+        &self.literal_roots
+    }
+
+    /// The dereferenced entity literals that are schema actions: decisions add them (with
+    /// their groups) from the schema, like the request's action.
+    pub fn literal_actions(&self) -> &[EntityUid] {
+        &self.literal_actions
     }
 
     /// Whether `action` is declared by the loaded schema.
@@ -171,14 +182,19 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         .map(|(f, t)| (f.as_str(), t.as_str()))
         .collect();
     let mut warnings = Vec::new();
-    let deref_depth = match &schema {
-        Some(schema) => validate(schema, &policies, &files_by_id, &texts, &mut warnings)?,
-        None => UNVALIDATED_DEREF_DEPTH,
-    };
+    if let Some(schema) = &schema {
+        validate(schema, &policies, &files_by_id, &texts, &mut warnings)?;
+    }
     let actions = match &schema {
         Some(schema) => action_closures(schema)?,
         None => HashMap::new(),
     };
+    let slicing = slicing::plan(schema.as_ref(), &policies);
+    let (literal_actions, literal_roots) = slicing
+        .literals()
+        .iter()
+        .cloned()
+        .partition(|uid| actions.contains_key(uid));
 
     Ok(PolicySnapshot {
         policies,
@@ -189,10 +205,13 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
             .as_ref()
             .map(|(_, text)| hex_sha256(text.as_bytes())),
         infos,
-        deref_depth,
+        deref_depth: slicing.depth(),
+        slicing,
         warnings,
         loaded_at: SystemTime::now(),
         actions,
+        literal_roots,
+        literal_actions,
         authorizer: Authorizer::new(),
         scopes: scope::Scopes::default(),
     })
@@ -323,14 +342,14 @@ fn parse_file(
     }
 }
 
-/// Strictly validates the set and proves how deep its entity dereferences go.
+/// Strictly validates the set against the schema.
 fn validate(
     schema: &Schema,
     policies: &PolicySet,
     files_by_id: &HashMap<String, String>,
     texts: &HashMap<&str, &str>,
     warnings: &mut Vec<String>,
-) -> Result<u32, LoadError> {
+) -> Result<(), LoadError> {
     let validator = Validator::new(schema.clone());
     let result = validator.validate(policies, ValidationMode::Strict);
     let locate = |id: &PolicyId| {
@@ -353,18 +372,7 @@ fn validate(
     for w in result.validation_warnings() {
         warnings.push(w.to_string());
     }
-    for depth in 1..=MAX_DEREF_DEPTH {
-        if validator
-            .validate_with_level(policies, ValidationMode::Strict, depth)
-            .validation_passed()
-        {
-            return Ok(depth);
-        }
-    }
-    Err(LoadError::Invalid(vec![file_error(
-        "",
-        format!("policies chain entity dereferences deeper than {MAX_DEREF_DEPTH} levels"),
-    )]))
+    Ok(())
 }
 
 /// Maps every schema action to itself plus its action-group ancestors (each with its ancestor
@@ -434,7 +442,8 @@ mod tests {
         let snap = load_dir(dir.path()).unwrap();
         let ids: Vec<&str> = snap.infos.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["rules.0", "named", "rules.2"]);
-        assert_eq!(snap.deref_depth, UNVALIDATED_DEREF_DEPTH);
+        // No dereference at all: the request's own entities are enough.
+        assert_eq!(snap.deref_depth, Some(1));
     }
 
     #[test]

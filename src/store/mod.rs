@@ -179,19 +179,23 @@ impl Store {
     }
 
     /// Every stored entity a decision can touch: the `roots` and the entities reachable from
-    /// them through attributes in fewer than `depth` dereferences, each with its ancestors
-    /// resolved (see [`slice`]).
+    /// them through attributes in fewer than `depth` dereferences (`None`: every entity they
+    /// reach), each with its ancestors resolved (see [`slice`]).
     pub fn slice(
         &self,
         roots: &[EntityUid],
-        depth: u32,
+        depth: Option<u32>,
     ) -> Result<Vec<Arc<ast::Entity>>, StoreError> {
         slice::slice(roots, depth, |uid| self.fetch(uid))
     }
 
     /// [`Store::slice`] from the cache alone: `None` as soon as an entity is not cached. Never
     /// blocks, so a decision whose entities are all cached needs no trip to a blocking thread.
-    pub fn slice_cached(&self, roots: &[EntityUid], depth: u32) -> Option<Vec<Arc<ast::Entity>>> {
+    pub fn slice_cached(
+        &self,
+        roots: &[EntityUid],
+        depth: Option<u32>,
+    ) -> Option<Vec<Arc<ast::Entity>>> {
         slice::slice(roots, depth, |uid| self.cache.get(uid).ok_or(())).ok()
     }
 
