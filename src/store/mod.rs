@@ -5,6 +5,7 @@
 //! [`Store`] wraps a backend with a cache of parsed entities and the slicing algorithm, which
 //! are the same for every backend.
 
+mod actions;
 mod cache;
 pub mod codec;
 mod materialize;
