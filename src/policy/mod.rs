@@ -12,15 +12,14 @@ use std::time::SystemTime;
 
 use std::sync::Arc;
 
-use cedar_policy::{
-    Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
-};
+use cedar_policy::{Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema};
 use cedar_policy_core::ast;
 use sha2::{Digest, Sha256};
 
 mod errors;
 pub mod scope;
 pub mod slicing;
+mod validate;
 
 pub use errors::{LoadError, SourceError};
 use errors::{diagnostic_errors, file_error};
@@ -59,8 +58,8 @@ pub struct PolicySnapshot {
     /// The depth handed to the store's slicer: [`Slicing::depth`], `None` (to a fixed point) in
     /// reachable mode.
     pub deref_depth: Option<u32>,
-    /// Warnings from validation, for the log.
-    pub warnings: Vec<String>,
+    /// Warnings from parsing the schema and validating the policies, located.
+    pub warnings: Vec<SourceError>,
     /// When the snapshot was built.
     pub loaded_at: SystemTime,
     /// Each schema action with its action-group ancestors, ready to join a decision's entities.
@@ -139,6 +138,18 @@ struct Sources {
 ///
 /// All-or-nothing: any error in any file refuses the whole set.
 pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
+    load(dir, &mut Vec::new())
+}
+
+/// [`load_dir`], and the warnings of the schema parser and the validator, which are reported
+/// whether or not the set is valid: what `policyd check` prints.
+pub fn check_dir(dir: &Path) -> (Result<PolicySnapshot, LoadError>, Vec<SourceError>) {
+    let mut warnings = Vec::new();
+    let loaded = load(dir, &mut warnings);
+    (loaded, warnings)
+}
+
+fn load(dir: &Path, warnings: &mut Vec<SourceError>) -> Result<PolicySnapshot, LoadError> {
     let sources = read_sources(dir)?;
     let mut errors = Vec::new();
 
@@ -147,7 +158,12 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
             .schema
             .as_ref()
             .and_then(|(file, text)| match Schema::from_cedarschema_str(text) {
-                Ok((schema, _warnings)) => Some(schema),
+                Ok((schema, schema_warnings)) => {
+                    for w in schema_warnings {
+                        warnings.extend(diagnostic_errors(file, text, &w));
+                    }
+                    Some(schema)
+                }
                 Err(e) => {
                     errors.extend(diagnostic_errors(file, text, &e));
                     None
@@ -181,9 +197,12 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         .iter()
         .map(|(f, t)| (f.as_str(), t.as_str()))
         .collect();
-    let mut warnings = Vec::new();
     if let Some(schema) = &schema {
-        validate(schema, &policies, &files_by_id, &texts, &mut warnings)?;
+        let validation = validate::validate(schema, &policies, &files_by_id, &texts);
+        warnings.extend(validation.warnings);
+        if !validation.errors.is_empty() {
+            return Err(LoadError::Invalid(validation.errors));
+        }
     }
     let actions = match &schema {
         Some(schema) => action_closures(schema)?,
@@ -207,7 +226,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         infos,
         deref_depth: slicing.depth(),
         slicing,
-        warnings,
+        warnings: warnings.clone(),
         loaded_at: SystemTime::now(),
         actions,
         literal_roots,
@@ -340,39 +359,6 @@ fn parse_file(
             line: errors::line_col(text, start).0,
         });
     }
-}
-
-/// Strictly validates the set against the schema.
-fn validate(
-    schema: &Schema,
-    policies: &PolicySet,
-    files_by_id: &HashMap<String, String>,
-    texts: &HashMap<&str, &str>,
-    warnings: &mut Vec<String>,
-) -> Result<(), LoadError> {
-    let validator = Validator::new(schema.clone());
-    let result = validator.validate(policies, ValidationMode::Strict);
-    let locate = |id: &PolicyId| {
-        let file = files_by_id
-            .get(AsRef::<str>::as_ref(id))
-            .cloned()
-            .unwrap_or_default();
-        let text = texts.get(file.as_str()).copied().unwrap_or("");
-        (file, text)
-    };
-    if !result.validation_passed() {
-        let mut errors = Vec::new();
-        for e in result.validation_errors() {
-            let (file, text) = locate(e.policy_id());
-            // Cedar's message already names the policy.
-            errors.extend(diagnostic_errors(&file, text, e));
-        }
-        return Err(LoadError::Invalid(errors));
-    }
-    for w in result.validation_warnings() {
-        warnings.push(w.to_string());
-    }
-    Ok(())
 }
 
 /// Maps every schema action to itself plus its action-group ancestors (each with its ancestor
