@@ -129,10 +129,8 @@ pub fn entities<'a>(
     actions: impl IntoIterator<Item = &'a EntityUid>,
 ) -> Result<Entities, EntitiesError> {
     let mut all = slice;
-    let mut wanted: Vec<&EntityUid> = actions.into_iter().collect();
-    wanted.extend(snapshot.literal_actions());
     let mut added: Vec<&EntityUid> = Vec::new();
-    for action in wanted {
+    for action in actions {
         if added.contains(&action) {
             continue;
         }
@@ -142,6 +140,14 @@ pub fn entities<'a>(
                 if !all.iter().any(|have| have.uid() == e.uid()) {
                     all.push(e.clone());
                 }
+            }
+        }
+    }
+    // Reachable mode: the action literals the policies dereference come from the schema too.
+    for literal in snapshot.literal_actions() {
+        for e in snapshot.action_entities(literal).unwrap_or_default() {
+            if !all.iter().any(|have| have.uid() == e.uid()) {
+                all.push(e.clone());
             }
         }
     }

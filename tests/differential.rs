@@ -11,7 +11,7 @@ use std::path::Path;
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
 use common::{Daemon, Setup, policy_dir, repo_policies};
-use policyd::policy::{PolicySnapshot, Proof, Slicing, load_dir};
+use policyd::policy::{PolicySnapshot, load_dir};
 use proptest::prelude::{Rng, any};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::{Value, json};
@@ -473,37 +473,4 @@ fn deep_chains_and_hierarchies_decide_like_the_whole_store() {
     ]);
     assert_eq!(load_dir(dir.path()).unwrap().deref_depth, Some(4));
     run(32, dir.path(), deep_world);
-}
-
-#[test]
-fn chains_deeper_than_16_decide_like_the_whole_store() {
-    let policies = chains::deep_policies();
-    let dir = policy_dir(&[
-        ("schema.cedarschema", chains::DEEP_SCHEMA),
-        ("deep.cedar", &policies),
-    ]);
-    assert_eq!(
-        load_dir(dir.path()).unwrap().slicing,
-        Slicing::Bounded {
-            depth: 20,
-            proof: Proof::LevelValidation
-        }
-    );
-    run(12, dir.path(), chains::deep_world);
-}
-
-#[test]
-fn dereferenced_literals_decide_like_the_whole_store() {
-    let dir = policy_dir(&[
-        ("schema.cedarschema", chains::LITERAL_SCHEMA),
-        ("literal.cedar", chains::LITERAL_POLICIES),
-    ]);
-    let literals = ["Group::\"g5\"", "Group::\"root\""].map(|u| u.parse().unwrap());
-    assert_eq!(
-        load_dir(dir.path()).unwrap().slicing,
-        Slicing::Reachable {
-            literals: literals.to_vec()
-        }
-    );
-    run(12, dir.path(), chains::literal_world);
 }

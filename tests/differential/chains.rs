@@ -4,9 +4,11 @@
 //! request and the literals). The stores are built so that cutting either slice short leaves
 //! out an entity some policy reads, and the daemon would then disagree with Cedar.
 
+use policyd::policy::{Proof, Slicing, load_dir};
 use serde_json::{Value, json};
 
-use super::{Gen, World, eref, uid};
+use super::common::policy_dir;
+use super::{Gen, World, eref, run, uid};
 
 pub const DEEP_SCHEMA: &str = r#"
 entity User { manager: User, level: Long };
@@ -168,4 +170,37 @@ pub fn literal_world(seed: u64) -> World {
         }));
     }
     World { entities, requests }
+}
+
+#[test]
+fn chains_deeper_than_16_decide_like_the_whole_store() {
+    let policies = deep_policies();
+    let dir = policy_dir(&[
+        ("schema.cedarschema", DEEP_SCHEMA),
+        ("deep.cedar", &policies),
+    ]);
+    assert_eq!(
+        load_dir(dir.path()).unwrap().slicing,
+        Slicing::Bounded {
+            depth: 20,
+            proof: Proof::LevelValidation
+        }
+    );
+    run(12, dir.path(), deep_world);
+}
+
+#[test]
+fn dereferenced_literals_decide_like_the_whole_store() {
+    let dir = policy_dir(&[
+        ("schema.cedarschema", LITERAL_SCHEMA),
+        ("literal.cedar", LITERAL_POLICIES),
+    ]);
+    let literals = ["Group::\"g5\"", "Group::\"root\""].map(|u| u.parse().unwrap());
+    assert_eq!(
+        load_dir(dir.path()).unwrap().slicing,
+        Slicing::Reachable {
+            literals: literals.to_vec()
+        }
+    );
+    run(12, dir.path(), literal_world);
 }
