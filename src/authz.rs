@@ -28,8 +28,9 @@ pub struct Query {
     pub resource: EntityUid,
     /// The action, whose entity comes from the schema when there is one.
     pub action: EntityUid,
-    /// Where the entity slice starts: principal, resource, context references, and the action
-    /// when it must come from the store (no schema).
+    /// Where the entity slice starts: principal, resource, context references, the action
+    /// when it must come from the store (no schema), and in reachable mode the entity literals
+    /// the policies dereference.
     pub roots: Vec<EntityUid>,
     /// The policies whose scope can match this request (see [`crate::policy::scope`]): the
     /// only ones Cedar is given.
@@ -96,6 +97,8 @@ pub fn prepare(
     if schema.is_none() {
         roots.push(action.clone());
     }
+    // Reachable mode: the entity literals the policies dereference are read like the roots.
+    roots.extend(snapshot.literal_roots().iter().cloned());
     // Validation reads only the shape and the context (see `scope::Shape`): a shape already
     // validated with an empty context needs no second look.
     let validate = if empty && shape.empty_context_valid() {
@@ -126,7 +129,8 @@ pub fn prepare(
 }
 
 /// Joins a slice (entities with their ancestors already closed, see [`crate::store::resolve`])
-/// and the schema's entities for the queries' `actions` into Cedar's entity store.
+/// and the schema's entities for the queries' `actions` (and for the action literals the
+/// policies dereference, in reachable mode) into Cedar's entity store.
 ///
 /// The entities are shared, not copied, and their closure is not recomputed: Cedar is told it
 /// is already computed, which [`crate::store::resolve`] guarantees. They were validated when
@@ -148,6 +152,14 @@ pub fn entities<'a>(
                 if !all.iter().any(|have| have.uid() == e.uid()) {
                     all.push(e.clone());
                 }
+            }
+        }
+    }
+    // Reachable mode: the action literals the policies dereference come from the schema too.
+    for literal in snapshot.literal_actions() {
+        for e in snapshot.action_entities(literal).unwrap_or_default() {
+            if !all.iter().any(|have| have.uid() == e.uid()) {
+                all.push(e.clone());
             }
         }
     }

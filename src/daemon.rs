@@ -80,13 +80,13 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         Some(_) => tracing::info!(
             revision = %snapshot.revision,
             policies = snapshot.infos.len(),
-            deref_depth = snapshot.deref_depth,
+            slicing = %snapshot.slicing,
             "policies loaded and validated"
         ),
         None => tracing::warn!(
             revision = %snapshot.revision,
             policies = snapshot.infos.len(),
-            deref_depth = snapshot.deref_depth,
+            slicing = %snapshot.slicing,
             "no *.cedarschema file: policies and entities are not validated"
         ),
     }

@@ -5,11 +5,12 @@
 //! - [`analysis`]: policy change analysis (cvc5 through Cedar's symbolic compiler): `diff`,
 //!   the `check` lints and the reload guard.
 //! - [`policy`]: load, validate and snapshot the Cedar policies and schema of a directory;
-//!   its `scope` submodule picks the policies a request shape can match.
+//!   its `scope` submodule picks the policies a request shape can match, and its `slicing`
+//!   submodule proves how far a decision's entities reach.
 //! - [`reload`]: hot reload (directory watcher, SIGHUP, API), coalesced, never half-applied.
 //! - [`authz`]: the pure decision core, (request, snapshot, entities) -> decision.
-//! - [`store`]: the entity store interface, its SQLite backend, the parsed-entity cache and
-//!   decision slicing.
+//! - [`store`]: the entity store interface, its SQLite backend, the parsed-entity cache,
+//!   decision slicing, and the checks of entity writes (action entities against the schema).
 //! - [`engine`]: joins the two: slices the store for queries and decides them on one snapshot.
 //! - [`api`]: HTTP routes, JSON types, and the one mapping from errors to statuses.
 //! - [`server`]: the accept loop and graceful drain; [`shutdown`]: the stop signal.

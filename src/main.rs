@@ -66,12 +66,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `policyd check`: Cedar's parse and validation errors, then its warnings, each located; with a
+/// valid set, the lints.
 fn check(args: CheckArgs) -> ExitCode {
-    match policy::load_dir(&args.policies) {
+    let (loaded, warnings) = policy::check_dir(&args.policies);
+    let warnings: String = warnings.iter().map(|w| format!("warning: {w}\n")).collect();
+    match loaded {
         Ok(snapshot) => {
-            for w in &snapshot.warnings {
-                println!("warning: {w}");
-            }
+            print!("{warnings}");
             let schema = if snapshot.schema.is_some() {
                 "validated against the schema"
             } else {
@@ -97,6 +99,7 @@ fn check(args: CheckArgs) -> ExitCode {
         }
         Err(e) => {
             println!("{}", lines(&e.errors()));
+            print!("{warnings}");
             ExitCode::FAILURE
         }
     }

@@ -254,10 +254,15 @@ async fn invalid_entities_write_nothing() {
             "size_bytes",
         ),
         (
-            json!([valid, {"uid": {"type": "Action", "id": "view"}, "attrs": {}, "parents": []}]),
-            "action entities",
+            // An action entity that contradicts the schema (which puts `view` in no group).
+            json!([valid, {"uid": {"type": "Action", "id": "view"}, "attrs": {}, "parents": [{"type": "Action", "id": "edit"}]}]),
+            "entity 1 (Action::\"view\"): it is in action group(s) Action::\"edit\"",
         ),
-        (json!([valid, valid]), "twice"),
+        // Listed twice alike is one entity, as in Cedar; twice differently is refused.
+        (
+            json!([valid, {"uid": {"type": "User", "id": "new"}, "attrs": {"name": "other"}, "parents": []}]),
+            "entity 1 (User::\"new\"): the same entity appears twice in this write, differently",
+        ),
         (json!([valid, 7]), "entity 1"),
     ];
     for (body, mentions) in cases {

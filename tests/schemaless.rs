@@ -1,10 +1,9 @@
 //! Without a schema: policies load unvalidated, actions (and action groups) live in the store,
-//! and references are followed to the documented fixed depth.
+//! and references are followed as deep as the policies' attribute chains go.
 
 mod common;
 
 use common::Daemon;
-use policyd::policy::UNVALIDATED_DEREF_DEPTH;
 use serde_json::json;
 
 const POLICY: &str = r#"
@@ -18,8 +17,12 @@ async fn actions_come_from_the_store_and_chains_are_followed() {
     let d = Daemon::dir_policies(&[("p.cedar", POLICY)]).await;
     let (_, policies) = d.call("GET", "/v1/policies", None).await;
     assert_eq!(policies["schema"], false);
-    assert_eq!(policies["deref_depth"], UNVALIDATED_DEREF_DEPTH);
-    // resource.owner.team.lead.name: four dereferences, the documented bound.
+    // resource.owner.team.lead.name: four dereferences, counted from the policy's syntax.
+    assert_eq!(policies["deref_depth"], 4);
+    assert_eq!(
+        policies["slicing"],
+        json!({"mode": "bounded", "depth": 4, "proof": "syntax"})
+    );
     d.put(json!([
         {"uid": {"type": "Action", "id": "read-group"}, "attrs": {}, "parents": []},
         {"uid": {"type": "Action", "id": "read"}, "attrs": {}, "parents": [{"type": "Action", "id": "read-group"}]},

@@ -14,6 +14,9 @@ use crate::store::codec;
 use crate::store::{Store, StoreError};
 
 /// Validates every entity against the schema, then writes them all in one transaction.
+///
+/// `upserted` counts the entities stored; `actions_matched` the action entities that matched
+/// the schema's declarations (with a schema they are checked, not stored).
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
     let value = json::parse(body)?;
     if let Some(items) = value.as_array()
@@ -28,7 +31,7 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     // (and then checks it) or runs first (and this write is validated against its schema).
     let _gate = state.write_gate.read().await;
     let snapshot = state.snapshot();
-    let records = codec::parse_batch(value, snapshot.schema.as_ref())?;
+    let codec::Write { records, actions } = codec::parse_write(value, snapshot.schema.as_ref())?;
     let n = records.len();
     let uids: Vec<EntityUid> = records.iter().map(|r| r.uid.clone()).collect();
     let log = state.activity.enabled();
@@ -47,13 +50,26 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             .activity
             .record(change(Kind::EntityUpsert, &uid, org, &snapshot.revision));
     }
-    Ok(json::respond(StatusCode::OK, &json!({ "upserted": n })))
+    Ok(json::respond(
+        StatusCode::OK,
+        &json!({ "upserted": n, "actions_matched": actions }),
+    ))
 }
 
-/// The stored entity, in Cedar entity JSON.
+/// The stored entity, in Cedar entity JSON. With a schema, an action is answered from the
+/// schema, its source: the action with every action group it is in.
 pub async fn get(state: &AppState, ty: &str, id: &str) -> Result<hyper::Response<Body>, ApiError> {
     let uid = path_uid(ty, id)?;
     let shown = uid.to_string();
+    if let Some(closure) = state.snapshot().action_entities(&uid)
+        && let Some(action) = closure.first()
+    {
+        let entity = cedar_policy::Entity::from(action.as_ref().clone());
+        let body = entity
+            .to_json_value()
+            .map_err(|e| ApiError::Internal(format!("schema action {shown}: {e}")))?;
+        return Ok(json::respond(StatusCode::OK, &body));
+    }
     let record = on_store(&state.store, move |store| store.get(&uid)).await?;
     let record =
         record.ok_or_else(|| ApiError::NotFound(format!("entity {shown} is not stored")))?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
-use crate::policy::SourceError;
+use crate::policy::{Slicing, SourceError};
 use crate::reload::{ReloadStatus, Trigger};
 use crate::state::AppState;
 
@@ -38,6 +38,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
             "schema": snapshot.schema.is_some(),
             "loaded_at": time(snapshot.loaded_at),
             "deref_depth": snapshot.deref_depth,
+            "slicing": slicing_json(&snapshot.slicing),
             "last_reload": last_reload,
             "entity_cache": { "hits": hits, "misses": misses, "entries": cached },
             "activity": {
@@ -127,6 +128,19 @@ fn changes_json(s: &ReloadStatus) -> Value {
         .load_full()
         .and_then(|report| serde_json::to_value(&*report).ok())
         .unwrap_or(Value::Null)
+}
+
+/// `{"mode": "bounded", "depth", "proof"}` or `{"mode": "reachable", "literals": [uids]}`.
+fn slicing_json(slicing: &Slicing) -> Value {
+    match slicing {
+        Slicing::Bounded { depth, proof } => {
+            json!({ "mode": slicing.mode(), "depth": depth, "proof": proof.as_str() })
+        }
+        Slicing::Reachable { literals } => json!({
+            "mode": slicing.mode(),
+            "literals": literals.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+    }
 }
 
 fn error_json(e: &SourceError) -> Value {

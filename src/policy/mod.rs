@@ -12,28 +12,19 @@ use std::time::SystemTime;
 
 use std::sync::Arc;
 
-use cedar_policy::{
-    Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator,
-};
+use cedar_policy::{Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema};
 use cedar_policy_core::ast;
 use sha2::{Digest, Sha256};
 
 mod errors;
 pub mod scope;
+pub mod slicing;
+mod validate;
 
 pub(crate) use errors::diagnostic_errors;
 use errors::file_error;
 pub use errors::{LoadError, SourceError};
-
-/// Deepest attribute chain a schema-validated policy set may dereference. Cedar proves the actual
-/// depth of a set (see [`PolicySnapshot::deref_depth`]); this only bounds the search for it.
-pub const MAX_DEREF_DEPTH: u32 = 16;
-
-/// How far entity references are followed when there is no schema to prove a depth.
-///
-/// Without a schema nothing bounds what a policy may reach, so this is a documented limit: a
-/// policy that follows a longer attribute chain sees the entity at its end as missing.
-pub const UNVALIDATED_DEREF_DEPTH: u32 = 4;
+pub use slicing::{Proof, Slicing};
 
 const POLICY_EXT: &str = "cedar";
 const SCHEMA_EXT: &str = "cedarschema";
@@ -63,14 +54,21 @@ pub struct PolicySnapshot {
     pub schema_revision: Option<String>,
     /// Policies in file order, then position within the file.
     pub infos: Vec<PolicyInfo>,
-    /// How many entity dereferences the policies may chain (Cedar level validation).
-    pub deref_depth: u32,
-    /// Warnings from validation, for the log.
-    pub warnings: Vec<String>,
+    /// How far a decision's entity slice reaches, and what proved it (see [`slicing`]).
+    pub slicing: Slicing,
+    /// The depth handed to the store's slicer: [`Slicing::depth`], `None` (to a fixed point) in
+    /// reachable mode.
+    pub deref_depth: Option<u32>,
+    /// Warnings from parsing the schema and validating the policies, located.
+    pub warnings: Vec<SourceError>,
     /// When the snapshot was built.
     pub loaded_at: SystemTime,
     /// Each schema action with its action-group ancestors, ready to join a decision's entities.
     actions: HashMap<EntityUid, Vec<Arc<ast::Entity>>>,
+    /// See [`PolicySnapshot::literal_roots`].
+    literal_roots: Vec<EntityUid>,
+    /// See [`PolicySnapshot::literal_actions`].
+    literal_actions: Vec<EntityUid>,
     authorizer: Authorizer,
     /// The policies whose scope can match each request shape seen.
     scopes: scope::Scopes,
@@ -82,7 +80,7 @@ impl fmt::Debug for PolicySnapshot {
             .field("revision", &self.revision)
             .field("policies", &self.infos.len())
             .field("schema", &self.schema.is_some())
-            .field("deref_depth", &self.deref_depth)
+            .field("slicing", &self.slicing)
             .finish()
     }
 }
@@ -119,6 +117,18 @@ impl PolicySnapshot {
         )
     }
 
+    /// The entity literals the policies dereference that a decision's slice starts from, besides
+    /// the request's roots (reachable mode only): those the store holds, not schema actions.
+    pub fn literal_roots(&self) -> &[EntityUid] {
+        &self.literal_roots
+    }
+
+    /// The dereferenced entity literals that are schema actions: decisions add them (with
+    /// their groups) from the schema, like the request's action.
+    pub fn literal_actions(&self) -> &[EntityUid] {
+        &self.literal_actions
+    }
+
     /// Whether `action` is declared by the loaded schema.
     pub fn declares_action(&self, action: &EntityUid) -> bool {
         self.actions.contains_key(action)
@@ -135,6 +145,18 @@ struct Sources {
 ///
 /// All-or-nothing: any error in any file refuses the whole set.
 pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
+    load(dir, &mut Vec::new())
+}
+
+/// [`load_dir`], and the warnings of the schema parser and the validator, which are reported
+/// whether or not the set is valid: what `policyd check` prints.
+pub fn check_dir(dir: &Path) -> (Result<PolicySnapshot, LoadError>, Vec<SourceError>) {
+    let mut warnings = Vec::new();
+    let loaded = load(dir, &mut warnings);
+    (loaded, warnings)
+}
+
+fn load(dir: &Path, warnings: &mut Vec<SourceError>) -> Result<PolicySnapshot, LoadError> {
     let sources = read_sources(dir)?;
     let mut errors = Vec::new();
 
@@ -143,7 +165,12 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
             .schema
             .as_ref()
             .and_then(|(file, text)| match Schema::from_cedarschema_str(text) {
-                Ok((schema, _warnings)) => Some(schema),
+                Ok((schema, schema_warnings)) => {
+                    for w in schema_warnings {
+                        warnings.extend(diagnostic_errors(file, text, &w));
+                    }
+                    Some(schema)
+                }
                 Err(e) => {
                     errors.extend(diagnostic_errors(file, text, &e));
                     None
@@ -177,15 +204,23 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
         .iter()
         .map(|(f, t)| (f.as_str(), t.as_str()))
         .collect();
-    let mut warnings = Vec::new();
-    let deref_depth = match &schema {
-        Some(schema) => validate(schema, &policies, &files_by_id, &texts, &mut warnings)?,
-        None => UNVALIDATED_DEREF_DEPTH,
-    };
+    if let Some(schema) = &schema {
+        let validation = validate::validate(schema, &policies, &files_by_id, &texts);
+        warnings.extend(validation.warnings);
+        if !validation.errors.is_empty() {
+            return Err(LoadError::Invalid(validation.errors));
+        }
+    }
     let actions = match &schema {
         Some(schema) => action_closures(schema)?,
         None => HashMap::new(),
     };
+    let slicing = slicing::plan(schema.as_ref(), &policies);
+    let (literal_actions, literal_roots) = slicing
+        .literals()
+        .iter()
+        .cloned()
+        .partition(|uid| actions.contains_key(uid));
 
     Ok(PolicySnapshot {
         policies,
@@ -196,10 +231,13 @@ pub fn load_dir(dir: &Path) -> Result<PolicySnapshot, LoadError> {
             .as_ref()
             .map(|(_, text)| hex_sha256(text.as_bytes())),
         infos,
-        deref_depth,
-        warnings,
+        deref_depth: slicing.depth(),
+        slicing,
+        warnings: warnings.clone(),
         loaded_at: SystemTime::now(),
         actions,
+        literal_roots,
+        literal_actions,
         authorizer: Authorizer::new(),
         scopes: scope::Scopes::default(),
     })
@@ -330,50 +368,6 @@ fn parse_file(
     }
 }
 
-/// Strictly validates the set and proves how deep its entity dereferences go.
-fn validate(
-    schema: &Schema,
-    policies: &PolicySet,
-    files_by_id: &HashMap<String, String>,
-    texts: &HashMap<&str, &str>,
-    warnings: &mut Vec<String>,
-) -> Result<u32, LoadError> {
-    let validator = Validator::new(schema.clone());
-    let result = validator.validate(policies, ValidationMode::Strict);
-    let locate = |id: &PolicyId| {
-        let file = files_by_id
-            .get(AsRef::<str>::as_ref(id))
-            .cloned()
-            .unwrap_or_default();
-        let text = texts.get(file.as_str()).copied().unwrap_or("");
-        (file, text)
-    };
-    if !result.validation_passed() {
-        let mut errors = Vec::new();
-        for e in result.validation_errors() {
-            let (file, text) = locate(e.policy_id());
-            // Cedar's message already names the policy.
-            errors.extend(diagnostic_errors(&file, text, e));
-        }
-        return Err(LoadError::Invalid(errors));
-    }
-    for w in result.validation_warnings() {
-        warnings.push(w.to_string());
-    }
-    for depth in 1..=MAX_DEREF_DEPTH {
-        if validator
-            .validate_with_level(policies, ValidationMode::Strict, depth)
-            .validation_passed()
-        {
-            return Ok(depth);
-        }
-    }
-    Err(LoadError::Invalid(vec![file_error(
-        "",
-        format!("policies chain entity dereferences deeper than {MAX_DEREF_DEPTH} levels"),
-    )]))
-}
-
 /// Maps every schema action to itself plus its action-group ancestors (each with its ancestor
 /// closure, as the schema computes it).
 fn action_closures(
@@ -441,7 +435,8 @@ mod tests {
         let snap = load_dir(dir.path()).unwrap();
         let ids: Vec<&str> = snap.infos.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["rules.0", "named", "rules.2"]);
-        assert_eq!(snap.deref_depth, UNVALIDATED_DEREF_DEPTH);
+        // No dereference at all: the request's own entities are enough.
+        assert_eq!(snap.deref_depth, Some(1));
     }
 
     #[test]

@@ -348,7 +348,7 @@ fn swap(state: &AppState, next: Arc<PolicySnapshot>, trigger: Trigger) -> Reload
         trigger = trigger.as_str(),
         %revision,
         policies = next.infos.len(),
-        deref_depth = next.deref_depth,
+        slicing = %next.slicing,
         "policies reloaded"
     );
     state.policies.store(next);

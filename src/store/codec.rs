@@ -4,7 +4,7 @@
 //! rendering of the parsed entity, so reading it back (with or without a schema) yields the
 //! same entity, every Cedar value kind included.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use cedar_policy::{Entity, EntityTypeName, EntityUid, Schema};
 use serde_json::Value;
@@ -59,10 +59,29 @@ pub struct DecodeError {
     pub message: String,
 }
 
-/// Parses a Cedar entities JSON array, validating each entity against `schema`.
-///
-/// All-or-nothing: the first invalid entity fails the batch, and the error names it.
+/// Parses a Cedar entities JSON array, validating each entity against `schema`: the records
+/// of [`parse_write`].
 pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>, EntityError> {
+    parse_write(value, schema).map(|write| write.records)
+}
+
+/// A parsed entity write.
+#[derive(Debug)]
+pub struct Write {
+    /// What to store, one record per distinct entity.
+    pub records: Vec<Record>,
+    /// How many distinct action entities matched the schema (checked, not stored).
+    pub actions: usize,
+}
+
+/// Parses a Cedar entities JSON array, validating each entity against `schema`, and accepting
+/// what Cedar's `Entities::from_json_value` accepts.
+///
+/// With a schema, action entities are checked as Cedar's schema-based parsing checks them (see
+/// [`super::actions`]) and left out of the records: the schema is their source. An entity
+/// listed twice alike counts once, as in Cedar; twice differently is refused. All-or-nothing:
+/// the first invalid entity fails the batch, and the error names it.
+pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, EntityError> {
     let Value::Array(items) = value else {
         return Err(EntityError {
             index: 0,
@@ -98,22 +117,58 @@ pub fn parse_batch(value: Value, schema: Option<&Schema>) -> Result<Vec<Record>,
                 .collect()
         })
     };
-    let mut out = Vec::with_capacity(items.len());
-    let mut seen = HashSet::new();
+    let mut out: Vec<Record> = Vec::with_capacity(items.len());
+    let mut seen = HashMap::new();
     // Chunks are in order, so the first error met is the first offending entity.
     for part in parsed {
         for record in part? {
-            if !seen.insert(record.uid.clone()) {
-                return Err(EntityError {
-                    index: out.len(),
-                    uid: Some(record.uid.to_string()),
-                    message: "the same entity appears twice in this write".to_owned(),
-                });
+            match seen.get(&record.uid) {
+                None => {
+                    seen.insert(record.uid.clone(), out.len());
+                    out.push(record);
+                }
+                Some(&first) if same_entity(&out[first].body, &record.body) => {}
+                Some(_) => {
+                    return Err(EntityError {
+                        index: second_position(&items, &record.uid),
+                        uid: Some(record.uid.to_string()),
+                        message: "the same entity appears twice in this write, differently"
+                            .to_owned(),
+                    });
+                }
             }
-            out.push(record);
         }
     }
-    Ok(out)
+    let actions = match schema {
+        Some(schema) if out.len() < items.len() => super::actions::check(&items, schema)?,
+        _ => 0,
+    };
+    Ok(Write {
+        records: out,
+        actions,
+    })
+}
+
+/// Whether two canonical bodies are the same entity (parents in any order).
+fn same_entity(a: &str, b: &str) -> bool {
+    let normal = |body: &str| {
+        let mut json: Value = serde_json::from_str(body).ok()?;
+        if let Some(Value::Array(parents)) = json.get_mut("parents") {
+            parents.sort_by_key(|p| p.to_string());
+        }
+        Some(json)
+    };
+    a == b || normal(a).is_some_and(|a| Some(a) == normal(b))
+}
+
+/// Where `uid` appears the second time in `items` (for an error message).
+fn second_position(items: &[Value], uid: &EntityUid) -> usize {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| item.get("uid").and_then(super::materialize::uid).as_ref() == Some(uid))
+        .nth(1)
+        .map_or(0, |(i, _)| i)
 }
 
 /// Validates and encodes `items`, the first of which is at `offset` in the write.
@@ -131,12 +186,10 @@ fn parse_items(
             uid: uid_hint.as_ref().map(ToString::to_string),
             message,
         };
-        if let (Some(uid), Some(_)) = (&uid_hint, schema)
-            && is_action_type(uid.type_name())
-        {
-            return Err(fail(
-                "action entities are defined by the schema and cannot be written".to_owned(),
-            ));
+        if schema.is_some() && super::actions::is_action(item, uid_hint.as_ref()) {
+            // Checked against the schema with the write's other action entities (see
+            // `parse_batch`), and never stored: the schema is their source.
+            continue;
         }
         let entity =
             Entity::from_json_value(item.clone(), schema).map_err(|e| fail(error_chain(&e)))?;

@@ -5,6 +5,7 @@
 //! [`Store`] wraps a backend with a cache of parsed entities and the slicing algorithm, which
 //! are the same for every backend.
 
+mod actions;
 mod cache;
 pub mod codec;
 mod materialize;
@@ -196,12 +197,12 @@ impl Store {
     }
 
     /// Every stored entity a decision can touch: the `roots` and the entities reachable from
-    /// them through attributes in fewer than `depth` dereferences, each with its ancestors
-    /// resolved (see [`slice`]).
+    /// them through attributes in fewer than `depth` dereferences (`None`: every entity they
+    /// reach), each with its ancestors resolved (see [`slice`]).
     pub fn slice(
         &self,
         roots: &[EntityUid],
-        depth: u32,
+        depth: Option<u32>,
     ) -> Result<Vec<Arc<ast::Entity>>, StoreError> {
         slice::slice(roots, depth, |uid| self.fetch(uid))
     }
@@ -212,7 +213,7 @@ impl Store {
     pub fn slice_now(
         &self,
         roots: &[EntityUid],
-        depth: u32,
+        depth: Option<u32>,
     ) -> Result<Option<Vec<Arc<ast::Entity>>>, StoreError> {
         let inline = self.backend.reads_inline();
         let sliced = slice::slice(roots, depth, |uid| {
