@@ -29,8 +29,8 @@ pub struct Record {
 /// An entity decoded from its stored record, before its ancestors are resolved.
 #[derive(Debug)]
 pub struct Decoded {
-    /// The Cedar entity, with its direct parents only.
-    pub entity: Entity,
+    /// Cedar's core entity, with its direct parents only.
+    pub entity: cedar_policy_core::ast::Entity,
     /// Direct parents.
     pub parents: Vec<EntityUid>,
     /// Entities its attributes and tags refer to: where a policy may dereference next.
@@ -264,7 +264,10 @@ pub fn decode(uid: &EntityUid, body: &str) -> Result<Decoded, DecodeError> {
             }
             // No schema needed: the canonical JSON spells out every entity and extension value.
             let entity = Entity::from_json_value(json, None).map_err(|e| fail(error_chain(&e)))?;
-            (entity, refs)
+            (
+                AsRef::<cedar_policy_core::ast::Entity>::as_ref(&entity).clone(),
+                refs,
+            )
         }
     };
     Ok(Decoded {
