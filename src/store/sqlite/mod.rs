@@ -85,6 +85,9 @@ CREATE INDEX reservations_by_expiry ON reservations (expires_at);
 /// The migration that added storage accounting; stores older than it are back-filled.
 const ACCOUNTING_MIGRATION: usize = 2;
 
+/// Prepared statements the writer connection keeps.
+const WRITER_STATEMENTS: usize = 64;
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections kept open between uses.
@@ -117,6 +120,11 @@ impl SqliteStore {
             });
         }
         writer.execute_batch("PRAGMA synchronous=FULL;")?;
+        writer.execute_batch(accounting::TEMP_TABLES)?;
+        // A write runs ~20 distinct statements: keep them all prepared (the default keeps 16,
+        // and re-preparing the evicted ones cost 7% of an import).
+        writer.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+        plan_once(&writer)?;
         migrate(&mut writer)?;
         Ok(SqliteStore {
             path: display,
@@ -139,6 +147,7 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(BUSY_TIMEOUT)?;
+                plan_once(&c)?;
                 c
             }
         };
@@ -162,6 +171,17 @@ impl SqliteStore {
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// Keeps each prepared statement's query plan across bindings. Without the query planner
+/// stability guarantee, SQLite re-prepares a statement whenever a newly bound value might pick
+/// another plan; on the writer's per-entity parent lookup that was 9% of an import's time.
+fn plan_once(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
