@@ -30,29 +30,35 @@ impl Before {
     }
 }
 
-/// Reads what a write is about to replace.
+/// Reads what a write is about to replace, in one query (an entity's parent edges exist only
+/// while it is stored).
 pub(super) fn before(conn: &Connection, key: &Key) -> Result<Before, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT size FROM entities WHERE etype = ?1 AND eid = ?2")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.size, p.ptype, p.pid FROM entities e
+         LEFT JOIN parents p ON p.ctype = e.etype AND p.cid = e.eid
+         WHERE e.etype = ?1 AND e.eid = ?2 ORDER BY p.ptype, p.pid",
+    )?;
     let mut rows = stmt.query(params![key.0, key.1])?;
-    let (existed, size) = match rows.next()? {
-        Some(row) => (true, row.get::<_, Option<i64>>(0)?),
-        None => (false, None),
+    let mut was = Before {
+        existed: false,
+        size: None,
+        parents: Vec::new(),
     };
-    Ok(Before {
-        existed,
-        size,
-        parents: parents(conn, key)?,
-    })
+    while let Some(row) = rows.next()? {
+        was.existed = true;
+        was.size = row.get(0)?;
+        if let (Some(ty), Some(id)) = (row.get(1)?, row.get(2)?) {
+            was.parents.push((ty, id));
+        }
+    }
+    Ok(was)
 }
 
-/// The stored parent edges of an entity, sorted.
-pub(super) fn parents(conn: &Connection, key: &Key) -> Result<Vec<Key>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT ptype, pid FROM parents WHERE ctype = ?1 AND cid = ?2 ORDER BY ptype, pid",
-    )?;
-    let rows = stmt.query_map(params![key.0, key.1], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+impl Before {
+    /// Whether the entity was stored.
+    pub(super) fn existed(&self) -> bool {
+        self.existed
+    }
 }
 
 /// Items whose counters a write must re-count, collected over a whole transaction.
@@ -81,34 +87,48 @@ impl Dirty {
 
     /// Re-counts every item the noted writes affected, set-wise: a handful of statements per
     /// write, whatever its size (an import of 100,000 items re-counts them in one pass).
-    pub(super) fn apply(self, conn: &Connection) -> Result<(), StoreError> {
+    ///
+    /// `has_children` says whether an entity is some stored entity's parent.
+    pub(super) fn apply(
+        self,
+        conn: &Connection,
+        mut has_children: impl FnMut(&Key) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         conn.prepare_cached("DELETE FROM temp.recount")?
+            .execute([])?;
+        conn.prepare_cached("DELETE FROM temp.subtrees")?
             .execute([])?;
         let mut mark =
             conn.prepare_cached("INSERT OR IGNORE INTO temp.recount (t, i) VALUES (?1, ?2)")?;
-        let mut descendants = conn.prepare_cached(
-            "INSERT OR IGNORE INTO temp.recount (t, i)
-             WITH RECURSIVE down (t, i) AS (
-                 VALUES (?1, ?2)
-                 UNION
-                 SELECT p.ctype, p.cid FROM parents p JOIN down ON p.ptype = down.t AND p.pid = down.i
-             )
-             SELECT t, i FROM down
-             WHERE EXISTS (SELECT 1 FROM entities e WHERE e.etype = t AND e.eid = i AND e.size IS NOT NULL)
-                OR EXISTS (SELECT 1 FROM contributions c WHERE c.itype = t AND c.iid = i)",
-        )?;
-        let mut has_children =
-            conn.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
+        let mut subtree =
+            conn.prepare_cached("INSERT OR IGNORE INTO temp.subtrees (t, i) VALUES (?1, ?2)")?;
+        let mut subtrees = 0;
         for root in &self.subtrees {
             // Most writes are leaves (items, users): then the root is the only item to re-count.
-            if has_children.exists(params![root.0, root.1])? {
-                descendants.execute(params![root.0, root.1])?;
+            if has_children(root)? {
+                subtree.execute(params![root.0, root.1])?;
+                subtrees += 1;
             } else {
                 mark.execute(params![root.0, root.1])?;
             }
         }
         for item in &self.items {
             mark.execute(params![item.0, item.1])?;
+        }
+        if subtrees > 0 {
+            // Every subtree in one walk: an entity under several written roots is visited once.
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO temp.recount (t, i)
+                 WITH RECURSIVE down (t, i) AS (
+                     SELECT t, i FROM temp.subtrees
+                     UNION
+                     SELECT p.ctype, p.cid FROM parents p JOIN down ON p.ptype = down.t AND p.pid = down.i
+                 )
+                 SELECT t, i FROM down
+                 WHERE EXISTS (SELECT 1 FROM entities e WHERE e.etype = t AND e.eid = i AND e.size IS NOT NULL)
+                    OR EXISTS (SELECT 1 FROM contributions c WHERE c.itype = t AND c.iid = i)",
+            )?
+            .execute([])?;
         }
         recount_marked(conn)
     }
@@ -182,6 +202,7 @@ fn contributions_sql() -> String {
 /// The temporary tables a write's re-count works in; created once per writer connection.
 pub(super) const TEMP_TABLES: &str = "
 CREATE TEMP TABLE IF NOT EXISTS recount (t TEXT NOT NULL, i TEXT NOT NULL, PRIMARY KEY (t, i)) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS subtrees (t TEXT NOT NULL, i TEXT NOT NULL, PRIMARY KEY (t, i)) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS touched (
     atype TEXT NOT NULL, aid TEXT NOT NULL, itype TEXT NOT NULL, PRIMARY KEY (atype, aid, itype)
 ) WITHOUT ROWID;

@@ -4,6 +4,7 @@
 //! kill and a power loss. Identifiers are compared with SQLite's default BINARY collation:
 //! exact and case-sensitive.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -257,11 +258,14 @@ impl EntityStore for SqliteStore {
             )?;
             let mut dirty = Dirty::default();
             let mut moved = Vec::new();
+            let mut keys = Vec::with_capacity(records.len());
             for r in records {
                 let k = key(&r.uid);
                 let was = accounting::before(tx, &k)?;
                 put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
-                clear.execute(params![k.0, k.1])?;
+                if was.existed() {
+                    clear.execute(params![k.0, k.1])?;
+                }
                 let mut parents: Vec<Key> = r.parents.iter().map(key).collect();
                 for (pty, pid) in &parents {
                     edge.execute(params![k.0, k.1, pty, pid])?;
@@ -272,9 +276,20 @@ impl EntityStore for SqliteStore {
                     moved.push(k.clone());
                 }
                 dirty.note(&k, &was, Some((r.size, &parents)));
+                keys.push(k);
             }
-            // Checked after all edges are in, inside the write lock, so a cycle made of
-            // several entities of one write, or of two concurrent writes, is caught too.
+            // Asked once per written entity, after all edges are in, inside the write lock.
+            let mut has_children =
+                tx.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
+            let mut parents_of_something = HashSet::new();
+            for k in &keys {
+                if has_children.exists(params![k.0, k.1])? {
+                    parents_of_something.insert(k.clone());
+                }
+            }
+            // Checked after all edges are in, so a cycle made of several entities of one write,
+            // or of two concurrent writes, is caught too. Only an entity something points to
+            // can be on a cycle.
             let mut cyclic = tx.prepare_cached(
                 "WITH RECURSIVE up (t, i) AS (
                      SELECT ptype, pid FROM parents WHERE ctype = ?1 AND cid = ?2
@@ -283,23 +298,18 @@ impl EntityStore for SqliteStore {
                  )
                  SELECT 1 FROM up WHERE t = ?1 AND i = ?2 LIMIT 1",
             )?;
-            let mut has_children =
-                tx.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
-            for r in records.iter().filter(|r| !r.parents.is_empty()) {
-                let (ty, id) = key(&r.uid);
-                // Only an entity something points to can be on a cycle.
-                if has_children.exists(params![ty, id])? && cyclic.exists(params![ty, id])? {
+            for (r, k) in records.iter().zip(&keys) {
+                if !r.parents.is_empty()
+                    && parents_of_something.contains(k)
+                    && cyclic.exists(params![k.0, k.1])?
+                {
                     return Err(StoreError::Cycle(r.uid.to_string()));
                 }
             }
-            let mut effect = WriteEffect::default();
-            for (ty, id) in &moved {
-                if has_children.exists(params![ty, id])? {
-                    effect.hierarchy_changed = true;
-                    break;
-                }
-            }
-            dirty.apply(tx)?;
+            let effect = WriteEffect {
+                hierarchy_changed: moved.iter().any(|k| parents_of_something.contains(k)),
+            };
+            dirty.apply(tx, |k| Ok(parents_of_something.contains(k)))?;
             Ok(effect)
         })
     }
@@ -322,7 +332,11 @@ impl EntityStore for SqliteStore {
                     .exists(params![k.0, k.1])?;
             let mut dirty = Dirty::default();
             dirty.note(&k, &was, None);
-            dirty.apply(tx)?;
+            dirty.apply(tx, |k| {
+                Ok(tx
+                    .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
+                    .exists(params![k.0, k.1])?)
+            })?;
             Ok(Some(WriteEffect { hierarchy_changed }))
         })
     }
