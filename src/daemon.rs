@@ -74,6 +74,16 @@ async fn sweep_reservations(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
+        if let Some(fleet) = state.fleet.get() {
+            // Fleet mode: reservations are upstream; any sidecar's sweep serves all.
+            let now = crate::storage::now_micros();
+            match fleet.upstream().sweep_reservations(now, BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "swept expired storage reservations"),
+                Err(e) => tracing::debug!(error = %e, "sweeping upstream reservations failed"),
+            }
+            continue;
+        }
         let store = state.store.clone();
         let swept = tokio::task::spawn_blocking(move || {
             let now = crate::storage::now_micros();

@@ -267,6 +267,124 @@ async fn a_killed_replica_behind_the_pruned_log_copies_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_racing_for_one_quota_take_exactly_what_fits() {
+    let Some(db) = test_db("quota").await else {
+        return;
+    };
+    upstream_cli(&db.url, &["migrate"]);
+    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
+    let sidecars: Vec<Sidecar> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            Sidecar::start(
+                pol.path(),
+                &dir.path().join(format!("{n}/p.db")),
+                &db.url,
+                &[],
+            )
+        })
+        .collect();
+    for s in &sidecars {
+        s.ready().await;
+    }
+    sidecars[0]
+        .put(json!([
+            {"uid": {"type": "Organization", "id": "o"}, "attrs": {"quota_bytes": 100_000}, "parents": []},
+            {"uid": {"type": "Project", "id": "p"}, "attrs": {"quota_bytes": 1_000},
+             "parents": [{"type": "Organization", "id": "o"}]},
+            {"uid": {"type": "Dataset", "id": "d"}, "attrs": {"size_bytes": 500},
+             "parents": [{"type": "Project", "id": "p"}]},
+        ]))
+        .await;
+    // 500 bytes left; 3 sidecars x 4 concurrent reservations of 100 bytes: exactly 5 fit.
+    let mut racers = tokio::task::JoinSet::new();
+    for (i, s) in sidecars.iter().enumerate() {
+        for j in 0..4 {
+            let addr = s.addr;
+            racers.spawn(async move {
+                let body = json!({"project": "Project::\"p\"", "bytes": 100, "ttl_seconds": 60,
+                                  "idempotency_key": format!("{i}-{j}")});
+                common::Client(addr)
+                    .call(
+                        "POST",
+                        "/v1/storage/reservations",
+                        body.to_string().into_bytes(),
+                    )
+                    .await
+            });
+        }
+    }
+    let (mut won, mut refused) = (0, 0);
+    while let Some(done) = racers.join_next().await {
+        let (status, body) = done.unwrap();
+        match status {
+            StatusCode::CREATED => won += 1,
+            StatusCode::CONFLICT => {
+                assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+                refused += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((won, refused), (5, 7));
+    // Every sidecar sees the same, global, state.
+    for s in &sidecars {
+        let (status, body) = s
+            .call(
+                "POST",
+                "/v1/storage/check",
+                &[],
+                Some(&json!({"project": "Project::\"p\"", "add_bytes": 1})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["allowed"], false, "{body}");
+        assert_eq!(body["project"]["reserved_bytes"], 500, "{body}");
+        assert_eq!(body["project"]["used_bytes"], 500, "{body}");
+    }
+    // A release on one frees the bytes for another.
+    let (status, body) = sidecars[1]
+        .call("POST", "/v1/storage/reservations", &[], Some(&json!({"project": "Project::\"p\"", "bytes": 100, "ttl_seconds": 60, "idempotency_key": "0-0"})))
+        .await;
+    let id = match status {
+        StatusCode::OK => body["id"].as_str().unwrap().to_owned(),
+        _ => {
+            // 0-0 lost the race: take any winner's key instead.
+            let mut found = None;
+            for i in 0..3 {
+                for j in 0..4 {
+                    let (st, b) = sidecars[2]
+                        .call("POST", "/v1/storage/reservations", &[], Some(&json!({"project": "Project::\"p\"", "bytes": 100, "ttl_seconds": 60, "idempotency_key": format!("{i}-{j}")})))
+                        .await;
+                    if st == StatusCode::OK && found.is_none() {
+                        found = b["id"].as_str().map(str::to_owned);
+                    }
+                }
+            }
+            found.expect("some reservation won")
+        }
+    };
+    let (status, _) = sidecars[2]
+        .call(
+            "DELETE",
+            &format!("/v1/storage/reservations/{id}"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = sidecars[0]
+        .call(
+            "POST",
+            "/v1/storage/reservations",
+            &[],
+            Some(&json!({"project": "Project::\"p\"", "bytes": 100, "ttl_seconds": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_daemon_refuses_revision_tokens() {
     let d =
         common::Daemon::dir_policies(&[("p.cedar", r#"permit (principal, action, resource);"#)])

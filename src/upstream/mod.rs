@@ -15,6 +15,7 @@
 
 pub mod fleet;
 pub mod import;
+pub mod ledger;
 pub mod schema;
 pub mod tail;
 pub mod token;
