@@ -32,8 +32,9 @@ async fn a_write_on_one_sidecar_is_decided_on_another_at_its_token() {
     a.ready().await;
     b.ready().await;
 
-    // The new-enemy case, both ways: every answer on B reflects the write just made on A.
-    for i in 0..100 {
+    // The new-enemy case, both ways, 1,000 grant/revoke cycles: every answer on B reflects the
+    // write just made on A.
+    for i in 0..1_000 {
         let reader = i % 2 == 0;
         let written = a.put(user("alice", reader)).await;
         let (status, body) = b.read("alice", Some(&written)).await;

@@ -86,15 +86,14 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-fn split(url: &str) -> (&str, &str, &str, &str) {
+/// `(scheme, user, host:port)` of a URL.
+fn split(url: &str) -> (&str, &str, &str) {
     let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user, host) = match authority.rsplit_once('@') {
-        Some((u, h)) => (u, h),
-        None => ("", authority),
-    };
-    let _ = path;
-    (scheme, user, host, rest)
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => (scheme, user, host),
+        None => (scheme, "", authority),
+    }
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -108,7 +107,7 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 fn with_host(url: &str, host: &str) -> String {
-    let (scheme, user, old, _) = split(url);
+    let (scheme, user, old) = split(url);
     let at = if user.is_empty() {
         String::new()
     } else {
@@ -245,7 +244,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to the host of `url`.
     pub async fn to(url: &str) -> Proxy {
-        let (_, _, target, _) = split(url);
+        let (_, _, target) = split(url);
         let target = target.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
