@@ -75,3 +75,83 @@ fn clear(tx: &Transaction<'_>) -> Result<(), StoreError> {
         "DELETE FROM entities; DELETE FROM parents; DELETE FROM contributions; DELETE FROM totals;",
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EntityStore, Record};
+
+    fn record(id: &str, parent: Option<&str>, size: Option<i64>) -> Record {
+        let parents: Vec<serde_json::Value> = parent
+            .map(|p| serde_json::json!({"type": "Project", "id": p}))
+            .into_iter()
+            .collect();
+        let mut attrs = serde_json::Map::new();
+        if let Some(s) = size {
+            attrs.insert("size_bytes".into(), s.into());
+        }
+        let body = serde_json::json!({
+            "uid": {"type": if parent.is_some() { "Dataset" } else { "Project" }, "id": id},
+            "attrs": attrs,
+            "parents": parents,
+        });
+        let entity = cedar_policy::Entity::from_json_value(body, None).unwrap();
+        crate::store::codec::encode(&entity).unwrap()
+    }
+
+    fn at(revision: i64) -> Position {
+        Position {
+            upstream: "u1".to_owned(),
+            revision,
+        }
+    }
+
+    #[test]
+    fn batches_apply_with_their_position_and_a_reset_replaces_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("r.db")).unwrap();
+        assert_eq!(store.replica_position().unwrap(), None);
+        let batch = Replicated {
+            position: at(3),
+            reset: false,
+            upserts: vec![record("p", None, None), record("d1", Some("p"), Some(10))],
+            deletes: vec![],
+        };
+        store.replicate(&batch).unwrap();
+        assert_eq!(store.replica_position().unwrap(), Some(at(3)));
+        let d1 = batch.upserts[1].uid.clone();
+        assert!(store.get(&d1).unwrap().is_some());
+        assert_eq!(store.totals().unwrap()[0].1, (1, 10));
+
+        // A delete and an upsert in one batch; deleting what is absent is no error.
+        let gone: cedar_policy::EntityUid = r#"Dataset::"never""#.parse().unwrap();
+        store
+            .replicate(&Replicated {
+                position: at(5),
+                reset: false,
+                upserts: vec![record("d2", Some("p"), Some(7))],
+                deletes: vec![d1.clone(), gone],
+            })
+            .unwrap();
+        assert!(store.get(&d1).unwrap().is_none());
+        assert_eq!(store.totals().unwrap()[0].1, (1, 7));
+        assert_eq!(store.replica_position().unwrap(), Some(at(5)));
+
+        // A snapshot of another upstream replaces every entity and counter.
+        let other = Position {
+            upstream: "u2".to_owned(),
+            revision: 1,
+        };
+        store
+            .replicate(&Replicated {
+                position: other.clone(),
+                reset: true,
+                upserts: vec![record("q", None, None)],
+                deletes: vec![],
+            })
+            .unwrap();
+        assert_eq!(store.count().unwrap(), 1);
+        assert!(store.totals().unwrap().is_empty());
+        assert_eq!(store.replica_position().unwrap(), Some(other));
+    }
+}
