@@ -115,6 +115,35 @@ async fn a_write_on_one_sidecar_is_decided_on_another_at_its_token() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "revision_not_applied", "{body}");
 
+    // The storage and activity reads honour the header too.
+    let reads = [
+        "/v1/storage/Project/p?principal=User::%22alice%22",
+        "/v1/activity?organization=o&viewer=User::%22alice%22",
+    ];
+    for path in reads {
+        let (status, body) = b
+            .call("GET", path, &[("Policyd-At-Least", &future)], None)
+            .await;
+        assert_eq!(
+            body["error"]["code"], "revision_not_applied",
+            "{path}: {body}"
+        );
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, body) = b
+            .call("GET", path, &[("Policyd-At-Least", &foreign)], None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        let (status, body) = b
+            .call("GET", path, &[("Policyd-At-Least", &written)], None)
+            .await;
+        assert!(
+            status == StatusCode::NOT_FOUND
+                || status == StatusCode::FORBIDDEN
+                || status == StatusCode::OK,
+            "{path}: {status} {body}"
+        );
+    }
+
     // A cycle is refused upstream, and nothing of the write lands.
     let cycle = json!([
         {"uid": {"type": "Group", "id": "g1"}, "attrs": {}, "parents": [{"type": "Group", "id": "g2"}]},

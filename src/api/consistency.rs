@@ -1,5 +1,6 @@
 //! Fleet-mode consistency on decision routes: `"consistency": {"at_least": "<token>"}` in the
-//! body or the `Policyd-At-Least` header.
+//! body or the `Policyd-At-Least` header (the header alone on the storage and activity reads,
+//! whose permission checks are decisions too).
 //!
 //! In fleet mode a decision first waits (at most `--consistency-wait`) until the replica has
 //! applied the token's revision, refuses while the replica is stale, and reports the revision

@@ -233,7 +233,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         (["v1", "entities"], &Method::PUT) => entities::put(state, &body(state, req).await?).await,
         (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
         (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
-        (["v1", "activity"], &Method::GET) => activity::list(state, req.uri().query()).await,
+        (["v1", "activity"], &Method::GET) => {
+            consistency::gate(state, None, consistency::header(&req)).await?;
+            activity::list(state, req.uri().query()).await
+        }
         (["v1", "storage", "check"], &Method::POST) => {
             storage::check(state, &body(state, req).await?).await
         }
@@ -244,6 +247,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             storage::release(state, id).await
         }
         (["v1", "storage", ty, id], &Method::GET) => {
+            consistency::gate(state, None, consistency::header(&req)).await?;
             storage::totals(state, ty, id, req.uri().query()).await
         }
         (
