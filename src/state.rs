@@ -1,6 +1,6 @@
 //! The state every request handler shares: the current policy snapshot, the store, the limits.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -9,6 +9,7 @@ use crate::config::{Auth, Limits};
 use crate::policy::PolicySnapshot;
 use crate::reload::Reloader;
 use crate::store::Store;
+use crate::upstream::Fleet;
 
 /// Shared daemon state. Cheap to clone the `Arc` around it; never locked as a whole.
 pub struct AppState {
@@ -29,6 +30,8 @@ pub struct AppState {
     pub write_gate: tokio::sync::RwLock<()>,
     /// The activity log.
     pub activity: Arc<ActivityLog>,
+    /// Fleet mode (`--upstream`), set once at start; empty for a standalone daemon.
+    pub fleet: OnceLock<Arc<Fleet>>,
 }
 
 impl AppState {
@@ -49,6 +52,7 @@ impl AppState {
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),
+            fleet: OnceLock::new(),
         })
     }
 

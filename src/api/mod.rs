@@ -4,6 +4,7 @@
 //! a status code and a JSON body.
 
 mod activity;
+mod consistency;
 mod decisions;
 mod entities;
 pub mod error;
@@ -222,15 +223,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             policies::reload(state, &body(state, req).await?).await
         }
         (["v1", "is_authorized"], &Method::POST) => {
-            decisions::single(state, &body(state, req).await?).await
+            let at_least = consistency::header(&req);
+            decisions::single(state, at_least, &body(state, req).await?).await
         }
         (["v1", "is_authorized", "batch"], &Method::POST) => {
-            decisions::batch(state, &body(state, req).await?).await
+            let at_least = consistency::header(&req);
+            decisions::batch(state, at_least, &body(state, req).await?).await
         }
         (["v1", "entities"], &Method::PUT) => entities::put(state, &body(state, req).await?).await,
         (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
         (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
-        (["v1", "activity"], &Method::GET) => activity::list(state, req.uri().query()).await,
+        (["v1", "activity"], &Method::GET) => {
+            consistency::gate(state, None, consistency::header(&req)).await?;
+            activity::list(state, req.uri().query()).await
+        }
         (["v1", "storage", "check"], &Method::POST) => {
             storage::check(state, &body(state, req).await?).await
         }
@@ -241,6 +247,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             storage::release(state, id).await
         }
         (["v1", "storage", ty, id], &Method::GET) => {
+            consistency::gate(state, None, consistency::header(&req)).await?;
             storage::totals(state, ty, id, req.uri().query()).await
         }
         (

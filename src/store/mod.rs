@@ -9,6 +9,7 @@ mod actions;
 mod cache;
 pub mod codec;
 mod materialize;
+pub mod replica;
 pub mod resolve;
 mod slice;
 pub mod sqlite;
@@ -44,6 +45,9 @@ pub enum StoreError {
     /// A stored entity could not be read back.
     #[error(transparent)]
     Corrupt(#[from] codec::DecodeError),
+    /// The backend cannot do this (like a backend that cannot be a fleet replica).
+    #[error("this store cannot {0}")]
+    Unsupported(&'static str),
 }
 
 /// What a committed write changed, as far as cached ancestor closures are concerned.
@@ -78,6 +82,15 @@ pub trait EntityStore: Send + Sync {
     /// may wait on anything else keeps the default: its reads go to blocking threads.
     fn reads_inline(&self) -> bool {
         false
+    }
+    /// Applies a batch of upstream changes and records its position, in one transaction (fleet
+    /// mode, see [`replica`]).
+    fn replicate(&self, _batch: &replica::Replicated) -> Result<WriteEffect, StoreError> {
+        Err(StoreError::Unsupported("be a fleet replica"))
+    }
+    /// The replica position last recorded by [`EntityStore::replicate`]; `None` when none was.
+    fn replica_position(&self) -> Result<Option<replica::Position>, StoreError> {
+        Ok(None)
     }
 }
 
@@ -158,6 +171,22 @@ impl Store {
         self.cache
             .write(&uids, || self.backend.upsert(records), |e| invalidate(*e))
             .map(drop)
+    }
+
+    /// Applies a batch of upstream changes (fleet mode); once this returns, every decision sees
+    /// them.
+    pub fn replicate(&self, batch: &replica::Replicated) -> Result<(), StoreError> {
+        let uids: Vec<&EntityUid> = (batch.upserts.iter().map(|r| &r.uid))
+            .chain(&batch.deletes)
+            .collect();
+        self.cache
+            .write(&uids, || self.backend.replicate(batch), |e| invalidate(*e))
+            .map(drop)
+    }
+
+    /// Where this replica stands (fleet mode); `None` when it never applied a batch.
+    pub fn replica_position(&self) -> Result<Option<replica::Position>, StoreError> {
+        self.backend.replica_position()
     }
 
     /// Deletes one entity; once this returns, no decision sees it. `false` when it was absent.
