@@ -107,8 +107,13 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     /// The route exists but not with this method.
-    #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The methods the path serves, as an `Allow` header value.
+        allow: String,
+    },
     /// The daemon cannot serve yet.
     #[error("{0}")]
     NotReady(String),
@@ -178,7 +183,9 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
             ApiError::IdempotencyConflict(_) => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
