@@ -24,6 +24,9 @@ pub enum StartError {
     /// Seeding the demo entities failed.
     #[error("seeding entities: {0}")]
     Seed(#[from] ImportError),
+    /// The metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Starts the background work of a serving daemon: policy reloads (worker, watcher, SIGHUP)
@@ -134,5 +137,5 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         config.auth.clone(),
         Reloader::with_analysis(&config.policies_dir, config.analysis.clone()),
         activity,
-    ))
+    )?)
 }

@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 
 use crate::activity::ActivityLog;
 use crate::config::{Auth, Limits};
+use crate::metrics::{Metrics, MetricsError, RouteLabel};
 use crate::policy::PolicySnapshot;
 use crate::reload::Reloader;
 use crate::store::Store;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub write_gate: tokio::sync::RwLock<()>,
     /// The activity log.
     pub activity: Arc<ActivityLog>,
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -40,8 +43,14 @@ impl AppState {
         auth: Auth,
         reloader: Reloader,
         activity: ActivityLog,
-    ) -> Arc<Self> {
-        Arc::new(AppState {
+    ) -> Result<Arc<Self>, MetricsError> {
+        let routes = crate::api::routes::ROUTES.iter().map(|r| RouteLabel {
+            method: r.method.as_str(),
+            pattern: r.pattern,
+            decides: r.access == crate::api::routes::Access::Decision,
+        });
+        let metrics = Metrics::new(routes)?;
+        Ok(Arc::new(AppState {
             policies: ArcSwap::from_pointee(snapshot),
             store: Arc::new(store),
             limits,
@@ -49,7 +58,8 @@ impl AppState {
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),
-        })
+            metrics,
+        }))
     }
 
     /// The snapshot to use for one whole request.

@@ -108,11 +108,16 @@ pub fn parse_batch(
 }
 
 /// One decision.
-pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
+/// `route` is the route's index in the route table, for its metrics.
+pub async fn single(
+    state: &AppState,
+    route: usize,
+    body: &[u8],
+) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
     let queries = vec![parse_single(&snapshot, body)?];
     let outcomes = decide(state, &snapshot, &queries).await?;
-    let answer = record(state, &snapshot, queries, outcomes)
+    let answer = record(state, route, &snapshot, queries, outcomes)
         .pop()
         .ok_or_else(|| ApiError::Internal("no decision for the request".to_owned()))?;
     let id = answer.decision_id;
@@ -121,11 +126,15 @@ pub async fn single(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bod
 }
 
 /// Up to `max_batch` decisions on one snapshot and one entity slice, answered in order.
-pub async fn batch(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
+pub async fn batch(
+    state: &AppState,
+    route: usize,
+    body: &[u8],
+) -> Result<hyper::Response<Body>, ApiError> {
     let snapshot = state.snapshot();
     let queries = parse_batch(&snapshot, body, state.limits.max_batch)?;
     let outcomes = decide(state, &snapshot, &queries).await?;
-    let results = record(state, &snapshot, queries, outcomes);
+    let results = record(state, route, &snapshot, queries, outcomes);
     let resp = json::respond_with(StatusCode::OK, &BatchAnswer { results: &results });
     Ok(super::with_decision_ids(
         resp,
@@ -142,13 +151,16 @@ async fn decide(
     Ok(engine::decide(&state.store, snapshot, queries, deadline).await?)
 }
 
-/// Records each decision in the activity log and pairs it with its record's id.
+/// Records each decision in the activity log and pairs it with its record's id; counts it in
+/// the metrics of `route`.
 fn record(
     state: &AppState,
+    route: usize,
     snapshot: &PolicySnapshot,
     queries: Vec<Query>,
     outcomes: Vec<Outcome>,
 ) -> Vec<Answer> {
+    let series = state.metrics.decisions(route);
     queries
         .into_iter()
         .zip(outcomes)
@@ -157,6 +169,9 @@ fn record(
                 decision,
                 organization,
             } = outcome;
+            if let Some(series) = series {
+                series.decided(decision.allowed);
+            }
             let id = state.activity.record(Entry {
                 kind: Kind::Decision,
                 principal: Some(query.principal),

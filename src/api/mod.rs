@@ -9,6 +9,7 @@ mod entities;
 pub mod error;
 mod health;
 mod json;
+mod metrics;
 mod policies;
 pub mod routes;
 mod storage;
@@ -42,7 +43,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let started = request_log_on().then(Instant::now);
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let (route, result) = route(&state, req).await;
+    let (route, served, result) = route(&state, req).await;
     let (resp, refused) = match result {
         Ok(resp) => (resp, None),
         Err(err) => {
@@ -69,6 +70,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             (resp, Some((code, err)))
         }
     };
+    state.metrics.answered(
+        route.filter(|_| served),
+        method.as_str(),
+        route_pattern(route),
+        resp.status().as_u16(),
+    );
     if let Some(started) = started {
         log_request(&method, route, &resp, started, refused.as_ref());
     }
@@ -190,21 +197,28 @@ async fn body(state: &AppState, req: Request<Incoming>) -> Result<hyper::body::B
 }
 
 /// Finds the request's route in [`routes::ROUTES`], checks the token, and calls its handler.
-/// Returns the index of the route the path reached (also on a `405`), for the log.
+/// Returns the index of the route the path reached (also on a `405`) and whether that route
+/// served it, for the log and the metrics.
 async fn route(
     state: &AppState,
     req: Request<Incoming>,
-) -> (Option<usize>, Result<Response<Body>, ApiError>) {
+) -> (Option<usize>, bool, Result<Response<Body>, ApiError>) {
     let segments = match segments(req.uri().path()) {
         Ok(s) => s,
         // An undecodable path matches no route; the token still guards the answer.
-        Err(e) => return (None, authorize(state, &req, Access::Admin).and(Err(e))),
+        Err(e) => {
+            return (
+                None,
+                false,
+                authorize(state, &req, Access::Admin).and(Err(e)),
+            );
+        }
     };
     match routes::find(req.method(), &segments) {
         Found::Route(i) => {
             let r = &routes::ROUTES[i];
             if let Err(e) = authorize(state, &req, r.access) {
-                return (Some(i), Err(e));
+                return (Some(i), true, Err(e));
             }
             let call = routes::Call {
                 state,
@@ -212,7 +226,16 @@ async fn route(
                 params: routes::params(r.pattern, segments),
                 route: i,
             };
-            (Some(i), (r.handler)(call).await)
+            let Some(series) = state.metrics.decisions(i) else {
+                return (Some(i), true, (r.handler)(call).await);
+            };
+            let started = Instant::now();
+            let result = (r.handler)(call).await;
+            series.seconds.observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                series.error.inc();
+            }
+            (Some(i), true, result)
         }
         Found::OtherMethods(i) => {
             let refused = authorize(state, &req, routes::ROUTES[i].access).and_then(|()| {
@@ -221,7 +244,7 @@ async fn route(
                     allow: routes::allowed_methods(i),
                 })
             });
-            (Some(i), refused)
+            (Some(i), false, refused)
         }
         Found::Nothing => {
             let refused = authorize(state, &req, Access::Admin).and_then(|()| {
@@ -230,7 +253,7 @@ async fn route(
                     req.uri().path()
                 )))
             });
-            (None, refused)
+            (None, false, refused)
         }
     }
 }

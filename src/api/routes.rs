@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response};
 
 use super::error::ApiError;
 use super::json::Body;
-use super::{activity, decisions, entities, health, policies, storage};
+use super::{activity, decisions, entities, health, metrics, policies, storage};
 use crate::state::AppState;
 
 /// Who may call a route.
@@ -84,13 +84,23 @@ pub static ROUTES: &[Route] = &[
         method: Method::POST,
         pattern: "/v1/is_authorized",
         access: Decision,
-        handler: |c| Box::pin(async move { decisions::single(c.state, &c.body().await?).await }),
+        handler: |c| {
+            Box::pin(async move {
+                let route = c.route;
+                decisions::single(c.state, route, &c.body().await?).await
+            })
+        },
     },
     Route {
         method: Method::POST,
         pattern: "/v1/is_authorized/batch",
         access: Decision,
-        handler: |c| Box::pin(async move { decisions::batch(c.state, &c.body().await?).await }),
+        handler: |c| {
+            Box::pin(async move {
+                let route = c.route;
+                decisions::batch(c.state, route, &c.body().await?).await
+            })
+        },
     },
     Route {
         method: Method::GET,
@@ -103,6 +113,12 @@ pub static ROUTES: &[Route] = &[
         pattern: "/readyz",
         access: Open,
         handler: |c| Box::pin(health::readyz(c.state)),
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/metrics",
+        access: Admin,
+        handler: |c| Box::pin(metrics::scrape(c.state)),
     },
     Route {
         method: Method::GET,
