@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::json::{self, Body, Object, Uid};
+use super::openapi::{Answer as Documented, Content, Doc, schema};
 use crate::activity::{Entry, Kind, Verdict};
 use crate::authz::{self, Decision, Query};
 use crate::engine::{self, Outcome};
@@ -17,7 +18,7 @@ use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 
 /// One decision request: cedar-agent's shape.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
     #[serde(default)]
@@ -28,14 +29,16 @@ pub struct DecisionRequest {
     resource: Option<Uid>,
     /// Cedar context JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     context: Option<Value>,
 }
 
 /// A batch: `{"requests": [...]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     #[serde(default)]
+    #[schema(value_type = Option<Vec<DecisionRequest>>)]
     requests: Option<Vec<Object<DecisionRequest>>>,
 }
 
@@ -56,24 +59,77 @@ impl DecisionRequest {
 }
 
 /// One decision as answered: cedar-agent's shape, plus the id of its activity record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Answer {
+    /// `Allow` or `Deny`.
+    #[schema(value_type = String)]
     decision: &'static str,
     diagnostics: Diagnostics,
     /// `null` when the activity log is off or its queue is full.
     decision_id: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// The policies that decided, and the errors of policies that could not be evaluated.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Diagnostics {
     reason: Vec<String>,
     errors: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The answers of a batch, in the order of its requests.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BatchAnswer<'a> {
+    #[schema(value_type = Vec<Answer>)]
     results: &'a [Answer],
 }
+
+/// How the OpenAPI document describes `POST /v1/is_authorized`.
+pub const DOC_SINGLE: Doc = Doc {
+    summary: "One decision: may the principal take the action on the resource?",
+    request: Some(schema::<DecisionRequest>),
+    query: &[],
+    answers: &[
+        Documented {
+            status: 200,
+            description: "The decision, its reasons and errors, and its activity record id.",
+            body: Content::Json(schema::<Answer>),
+        },
+        Documented {
+            status: 400,
+            description: "`unknown_action`, `invalid_context`, `invalid_request`: the request does not fit the schema.",
+            body: Content::Json(schema::<super::openapi::ErrorBody>),
+        },
+        Documented {
+            status: 503,
+            description: "`deadline_exceeded`: the decision did not finish in time (never an Allow).",
+            body: Content::Json(schema::<super::openapi::ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `POST /v1/is_authorized/batch`.
+pub const DOC_BATCH: Doc = Doc {
+    summary: "Up to --max-batch decisions on one policy snapshot, answered in order.",
+    request: Some(schema::<BatchRequest>),
+    query: &[],
+    answers: &[
+        Documented {
+            status: 200,
+            description: "One answer per request, in order.",
+            body: Content::Json(schema::<BatchAnswer<'static>>),
+        },
+        Documented {
+            status: 400,
+            description: "`batch_too_large`, or a request that does not fit the schema (the field names which).",
+            body: Content::Json(schema::<super::openapi::ErrorBody>),
+        },
+        Documented {
+            status: 503,
+            description: "`deadline_exceeded`: the decisions did not finish in time (never an Allow).",
+            body: Content::Json(schema::<super::openapi::ErrorBody>),
+        },
+    ],
+};
 
 /// Parses and validates a single decision request body.
 pub fn parse_single(snapshot: &PolicySnapshot, body: &[u8]) -> Result<Query, ApiError> {

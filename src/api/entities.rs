@@ -2,16 +2,97 @@
 
 use cedar_policy::EntityUid;
 use hyper::StatusCode;
-use serde_json::json;
 
 use super::error::ApiError;
 use super::json::{self, Body};
 use super::on_store;
+use super::openapi::{Answer, Content, Doc, ErrorBody, any_object, object_array, schema};
 use crate::activity::{Entry, Kind};
 use crate::state::AppState;
 use crate::storage::ORGANIZATION_TYPE;
 use crate::store::codec;
 use crate::store::{Store, StoreError};
+
+/// The answer to a write.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct Written {
+    /// Entities stored.
+    upserted: usize,
+    /// Action entities that matched the schema's declarations (checked, not stored).
+    actions_matched: usize,
+}
+
+/// How the OpenAPI document describes `PUT /v1/entities`.
+pub const DOC_PUT: Doc = Doc {
+    summary: "Write Cedar entities (a JSON array), validated against the schema, all or none.",
+    request: Some(object_array),
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "Written.",
+            body: Content::Json(schema::<Written>),
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_entity`, `hierarchy_cycle`: nothing was written.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 413,
+            description: "`too_many_entities`, `body_too_large`.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `GET /v1/entities/{type}/{id}`.
+pub const DOC_GET: Doc = Doc {
+    summary: "One stored entity (or schema action), in Cedar entity JSON.",
+    request: None,
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "The entity.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_field`: the path is not an entity uid.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: no such entity.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `DELETE /v1/entities/{type}/{id}`.
+pub const DOC_DELETE: Doc = Doc {
+    summary: "Remove one stored entity.",
+    request: None,
+    query: &[],
+    answers: &[
+        Answer {
+            status: 204,
+            description: "Removed.",
+            body: Content::Empty,
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_field`: the path is not an entity uid.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: no such entity.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
 
 /// Validates every entity against the schema, then writes them all in one transaction.
 ///
@@ -50,9 +131,12 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             .activity
             .record(change(Kind::EntityUpsert, &uid, org, &snapshot.revision));
     }
-    Ok(json::respond(
+    Ok(json::respond_with(
         StatusCode::OK,
-        &json!({ "upserted": n, "actions_matched": actions }),
+        &Written {
+            upserted: n,
+            actions_matched: actions,
+        },
     ))
 }
 

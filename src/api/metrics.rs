@@ -7,8 +7,21 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 
 use super::error::ApiError;
 use super::json::Body;
+use super::openapi::{Answer, Content, Doc};
 use crate::metrics::{self, Snapshot};
 use crate::state::AppState;
+
+/// How the OpenAPI document describes `GET /metrics`.
+pub const DOC: Doc = Doc {
+    summary: "Prometheus metrics, in the text exposition format.",
+    request: None,
+    query: &[],
+    answers: &[Answer {
+        status: 200,
+        description: "Every policyd_ metric.",
+        body: Content::Text,
+    }],
+};
 
 /// Renders every metric.
 pub async fn scrape(state: &AppState) -> Result<hyper::Response<Body>, ApiError> {

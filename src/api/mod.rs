@@ -10,6 +10,7 @@ pub mod error;
 mod health;
 mod json;
 mod metrics;
+pub mod openapi;
 mod policies;
 pub mod routes;
 mod storage;

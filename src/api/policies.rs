@@ -9,9 +9,54 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::json::{self, Body};
+use super::openapi::{Answer, Content, Doc, ErrorBody, any_object, schema};
 use crate::policy::{Slicing, SourceError};
 use crate::reload::{ReloadStatus, Trigger};
 use crate::state::AppState;
+
+/// How the OpenAPI document describes `GET /v1/policies`.
+pub const DOC_STATUS: Doc = Doc {
+    summary: "The served policy set, slicing, the last reload, cache, activity and analysis counters.",
+    request: None,
+    query: &[],
+    answers: &[Answer {
+        status: 200,
+        description: "The status (see the README for its fields).",
+        body: Content::Json(any_object),
+    }],
+};
+
+/// The body of `POST /v1/policies/reload`: empty, or this object.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ReloadRequest {
+    /// Apply a set that widens access under `--reload-guard refuse-widening`.
+    accept_widening: Option<bool>,
+}
+
+/// How the OpenAPI document describes `POST /v1/policies/reload`.
+pub const DOC_RELOAD: Doc = Doc {
+    summary: "Reload the policy directory now and answer with the outcome.",
+    request: Some(schema::<ReloadRequest>),
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "Reloaded (or unchanged): the new revision and what changed.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 409,
+            description: "`widening_refused`: the reload guard refused a set that widens access.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 422,
+            description: "`invalid_policies`: the sources were refused; the previous revision is still served.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
 
 /// The served policy set and the outcome of the last reload attempt.
 pub fn status(state: &AppState) -> hyper::Response<Body> {

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response};
 
 use super::error::ApiError;
 use super::json::Body;
-use super::{activity, decisions, entities, health, metrics, policies, storage};
+use super::{activity, decisions, entities, health, metrics, openapi, policies, storage};
 use crate::state::AppState;
 
 /// Who may call a route.
@@ -74,6 +74,8 @@ pub struct Route {
     pub access: Access,
     /// What answers it.
     pub handler: Handler,
+    /// How the OpenAPI document describes it.
+    pub doc: openapi::Doc,
 }
 
 use Access::{Admin, Decision, Open};
@@ -90,6 +92,7 @@ pub static ROUTES: &[Route] = &[
                 decisions::single(c.state, route, &c.body().await?).await
             })
         },
+        doc: decisions::DOC_SINGLE,
     },
     Route {
         method: Method::POST,
@@ -101,48 +104,63 @@ pub static ROUTES: &[Route] = &[
                 decisions::batch(c.state, route, &c.body().await?).await
             })
         },
+        doc: decisions::DOC_BATCH,
     },
     Route {
         method: Method::GET,
         pattern: "/healthz",
         access: Open,
         handler: |_| Box::pin(async { Ok(health::healthz()) }),
+        doc: health::DOC_HEALTHZ,
     },
     Route {
         method: Method::GET,
         pattern: "/readyz",
         access: Open,
         handler: |c| Box::pin(health::readyz(c.state)),
+        doc: health::DOC_READYZ,
     },
     Route {
         method: Method::GET,
         pattern: "/metrics",
         access: Admin,
         handler: |c| Box::pin(metrics::scrape(c.state)),
+        doc: metrics::DOC,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/v1/openapi.json",
+        access: Admin,
+        handler: |_| Box::pin(async { Ok(openapi::serve()) }),
+        doc: openapi::DOC,
     },
     Route {
         method: Method::GET,
         pattern: "/v1/policies",
         access: Admin,
         handler: |c| Box::pin(async move { Ok(policies::status(c.state)) }),
+        doc: policies::DOC_STATUS,
     },
     Route {
         method: Method::POST,
         pattern: "/v1/policies/reload",
         access: Admin,
         handler: |c| Box::pin(async move { policies::reload(c.state, &c.body().await?).await }),
+        doc: policies::DOC_RELOAD,
     },
     Route {
         method: Method::PUT,
         pattern: "/v1/entities",
         access: Admin,
         handler: |c| Box::pin(async move { entities::put(c.state, &c.body().await?).await }),
+        doc: entities::DOC_PUT,
     },
     Route {
         method: Method::GET,
         pattern: "/v1/entities/{type}/{id}",
         access: Admin,
         handler: |c| Box::pin(async move { entities::get(c.state, c.param(0), c.param(1)).await }),
+        doc: entities::DOC_GET,
     },
     Route {
         method: Method::DELETE,
@@ -151,30 +169,35 @@ pub static ROUTES: &[Route] = &[
         handler: |c| {
             Box::pin(async move { entities::delete(c.state, c.param(0), c.param(1)).await })
         },
+        doc: entities::DOC_DELETE,
     },
     Route {
         method: Method::GET,
         pattern: "/v1/activity",
         access: Admin,
         handler: |c| Box::pin(async move { activity::list(c.state, c.query()).await }),
+        doc: activity::DOC,
     },
     Route {
         method: Method::POST,
         pattern: "/v1/storage/check",
         access: Admin,
         handler: |c| Box::pin(async move { storage::check(c.state, &c.body().await?).await }),
+        doc: storage::DOC_CHECK,
     },
     Route {
         method: Method::POST,
         pattern: "/v1/storage/reservations",
         access: Admin,
         handler: |c| Box::pin(async move { storage::reserve(c.state, &c.body().await?).await }),
+        doc: storage::DOC_RESERVE,
     },
     Route {
         method: Method::DELETE,
         pattern: "/v1/storage/reservations/{id}",
         access: Admin,
         handler: |c| Box::pin(async move { storage::release(c.state, c.param(0)).await }),
+        doc: storage::DOC_RELEASE,
     },
     Route {
         method: Method::GET,
@@ -185,6 +208,7 @@ pub static ROUTES: &[Route] = &[
                 async move { storage::totals(c.state, c.param(0), c.param(1), c.query()).await },
             )
         },
+        doc: storage::DOC_TOTALS,
     },
 ];
 
