@@ -97,12 +97,12 @@ pub const DOC_SINGLE: Doc = Doc {
         Documented {
             status: 400,
             description: "`unknown_action`, `invalid_context`, `invalid_request`: the request does not fit the schema.",
-            body: Content::Json(schema::<super::openapi::ErrorBody>),
+            body: Content::Json(schema::<super::error::ErrorBody>),
         },
         Documented {
             status: 503,
             description: "`deadline_exceeded`: the decision did not finish in time (never an Allow).",
-            body: Content::Json(schema::<super::openapi::ErrorBody>),
+            body: Content::Json(schema::<super::error::ErrorBody>),
         },
     ],
 };
@@ -121,12 +121,12 @@ pub const DOC_BATCH: Doc = Doc {
         Documented {
             status: 400,
             description: "`batch_too_large`, or a request that does not fit the schema (the field names which).",
-            body: Content::Json(schema::<super::openapi::ErrorBody>),
+            body: Content::Json(schema::<super::error::ErrorBody>),
         },
         Documented {
             status: 503,
             description: "`deadline_exceeded`: the decisions did not finish in time (never an Allow).",
-            body: Content::Json(schema::<super::openapi::ErrorBody>),
+            body: Content::Json(schema::<super::error::ErrorBody>),
         },
     ],
 };

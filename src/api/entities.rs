@@ -4,9 +4,10 @@ use cedar_policy::EntityUid;
 use hyper::StatusCode;
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
 use super::on_store;
-use super::openapi::{Answer, Content, Doc, ErrorBody, any_object, object_array, schema};
+use super::openapi::{Answer, Content, Doc, any_object, object_array, schema};
 use crate::activity::{Entry, Kind};
 use crate::state::AppState;
 use crate::storage::ORGANIZATION_TYPE;

@@ -53,7 +53,7 @@ pub const DOC_READYZ: Doc = Doc {
         Answer {
             status: 503,
             description: "`not_ready`: the store does not answer.",
-            body: Content::Json(schema::<super::openapi::ErrorBody>),
+            body: Content::Json(schema::<super::error::ErrorBody>),
         },
     ],
 };

@@ -7,7 +7,6 @@
 use std::sync::OnceLock;
 
 use hyper::StatusCode;
-use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder,
@@ -22,6 +21,7 @@ use utoipa::openapi::{
     ResponseBuilder,
 };
 
+use super::error::ErrorBody;
 use super::json::Body;
 use super::routes::{Access, ROUTES};
 
@@ -92,34 +92,6 @@ pub fn any_object(_: &mut Schemas) -> RefOr<Schema> {
 /// An array of free-form JSON objects (a Cedar entities array).
 pub fn object_array(out: &mut Schemas) -> RefOr<Schema> {
     ArrayBuilder::new().items(any_object(out)).into()
-}
-
-/// An error answer: `{"error": {"code", "message", ...}}`, rendered by
-/// [`super::error::ApiError::body`].
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// The error object.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// A stable code (`bad_json`, `invalid_field`, `not_found`, ...).
-    pub code: String,
-    /// What is wrong, for a person.
-    pub message: String,
-    /// `invalid_policies`: each problem, with file, line and column.
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub errors: Option<Vec<serde_json::Value>>,
-    /// `invalid_policies`, `widening_refused`: the revision still served.
-    pub revision: Option<String>,
-    /// `widening_refused`: what the new policies would grant.
-    #[schema(value_type = Option<Object>)]
-    pub changes: Option<serde_json::Value>,
-    /// `quota_exceeded`: the quota check that failed.
-    #[schema(value_type = Option<Object>)]
-    pub check: Option<serde_json::Value>,
 }
 
 /// The errors every route of a kind may answer with.

@@ -8,8 +8,9 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
-use super::openapi::{Answer, Content, Doc, ErrorBody, any_object, schema};
+use super::openapi::{Answer, Content, Doc, any_object, schema};
 use crate::policy::{Slicing, SourceError};
 use crate::reload::{ReloadStatus, Trigger};
 use crate::state::AppState;

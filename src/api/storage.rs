@@ -8,8 +8,9 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
-use super::openapi::{Answer, Content, Doc, ErrorBody, Query, any_object, schema};
+use super::openapi::{Answer, Content, Doc, Query, any_object, schema};
 use super::{forbidden, on_store, permission_query, permitted};
 use crate::state::AppState;
 use crate::storage::{
