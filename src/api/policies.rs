@@ -29,9 +29,10 @@ pub const DOC_STATUS: Doc = Doc {
 
 /// The body of `POST /v1/policies/reload`: empty, or this object.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 struct ReloadRequest {
     /// Apply a set that widens access under `--reload-guard refuse-widening`.
+    #[serde(default)]
     accept_widening: Option<bool>,
 }
 
@@ -117,18 +118,10 @@ pub async fn reload(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bod
     let accept_widening = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
-        let map = json::object(json::parse(body)?, "the reload request")?;
-        json::deny_unknown(&map, &["accept_widening"], "")?;
-        match map.get("accept_widening") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ApiError::InvalidField {
-                    field: "accept_widening".to_owned(),
-                    message: "must be true or false".to_owned(),
-                });
-            }
-        }
+        json::from_body::<json::Object<ReloadRequest>>(body)?
+            .0
+            .accept_widening
+            .unwrap_or(false)
     };
     let outcome = state
         .reloader
