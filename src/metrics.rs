@@ -90,7 +90,7 @@ pub struct DecisionSeries {
     pub allow: IntCounter,
     /// Decisions answered Deny.
     pub deny: IntCounter,
-    /// Requests answered with an error instead of decisions.
+    /// Requests past the token check answered with an error instead of decisions.
     pub error: IntCounter,
     /// Time to answer a request, from routing to the rendered answer.
     pub seconds: Histogram,
@@ -189,7 +189,7 @@ impl Metrics {
             Opts::new(
                 "policyd_decisions_total",
                 "Decisions answered, by route and result (allow, deny; error counts requests \
-                 answered with an error instead of decisions).",
+                 past the token check answered with an error instead of decisions).",
             ),
             &["route", "result"],
         )?;
