@@ -28,6 +28,9 @@ pub enum StartError {
     /// Seeding the demo entities failed.
     #[error("seeding entities: {0}")]
     Seed(#[from] ImportError),
+    /// The metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Starts the background work of a serving daemon: policy reloads (worker, watcher, SIGHUP)
@@ -173,7 +176,7 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         config.auth.clone(),
         Reloader::with_analysis(&config.policies_dir, config.analysis.clone()),
         activity,
-    );
+    )?;
     if let Some(fleet) = &config.upstream {
         let fleet = Fleet::new(fleet.clone(), position)?;
         // Only this start-up sets it.

@@ -23,6 +23,7 @@
 //! - [`policy_test`]: policy test files (`policyd test`), decided exactly as `serve` decides.
 //! - [`formatter`]: Cedar's formatting of policy files (`policyd fmt`).
 //! - [`logging`]: the log's format (`--log-format text|json`) and filter.
+//! - [`metrics`]: the Prometheus metrics (`GET /metrics`): names, labels, the registry.
 //! - [`cli`]: command-line arguments.
 //! - [`uid`]: entity uids from text, fast for canonical forms and exactly as Cedar reads them.
 //! - [`upstream`]: fleet mode: PostgreSQL as the source of truth, the local store as its
@@ -39,6 +40,7 @@ pub mod engine;
 pub mod formatter;
 pub mod import;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod policy_test;
 pub mod reload;

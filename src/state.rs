@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 
 use crate::activity::ActivityLog;
 use crate::config::{Auth, Limits};
+use crate::metrics::{Metrics, MetricsError, RouteLabel};
 use crate::policy::PolicySnapshot;
 use crate::reload::Reloader;
 use crate::store::Store;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub activity: Arc<ActivityLog>,
     /// Fleet mode (`--upstream`), set once at start; empty for a standalone daemon.
     pub fleet: OnceLock<Arc<Fleet>>,
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 impl AppState {
@@ -43,8 +46,14 @@ impl AppState {
         auth: Auth,
         reloader: Reloader,
         activity: ActivityLog,
-    ) -> Arc<Self> {
-        Arc::new(AppState {
+    ) -> Result<Arc<Self>, MetricsError> {
+        let routes = crate::api::routes::ROUTES.iter().map(|r| RouteLabel {
+            method: r.method.as_str(),
+            pattern: r.pattern,
+            decides: r.access == crate::api::routes::Access::Decision,
+        });
+        let metrics = Metrics::new(routes)?;
+        Ok(Arc::new(AppState {
             policies: ArcSwap::from_pointee(snapshot),
             store: Arc::new(store),
             limits,
@@ -53,7 +62,8 @@ impl AppState {
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),
             fleet: OnceLock::new(),
-        })
+            metrics,
+        }))
     }
 
     /// The snapshot to use for one whole request.

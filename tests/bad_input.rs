@@ -464,6 +464,27 @@ async fn unknown_routes_methods_and_entities() {
     .await;
 }
 
+/// A 405 names, in its `Allow` header, every method the path serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_not_allowed_lists_the_allowed_methods() {
+    let d = Daemon::demo().await;
+    for (method, path, allow) in [
+        ("POST", "/v1/entities/User/alice", "GET, DELETE"),
+        ("GET", "/v1/is_authorized", "POST"),
+        ("PUT", "/v1/policies", "GET"),
+        ("GET", "/v1/storage/reservations/r-1", "DELETE"),
+    ] {
+        let (status, headers, body) = d.with_headers(method, path, &[], vec![]).await;
+        assert_eq!(status.as_u16(), 405, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        assert_eq!(
+            headers.get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entities_missing_from_the_store_are_absent_not_errors() {
     let d = Daemon::demo().await;

@@ -336,7 +336,8 @@ async fn serve_permit_all(
         Auth::default(),
         policyd::reload::Reloader::new(dir.path()),
         policyd::activity::ActivityLog::disabled(),
-    );
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(policyd::run(listener, state, std::future::pending()));

@@ -8,7 +8,9 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
+use super::openapi::{Answer, Content, Doc, Query, any_object, schema};
 use super::{forbidden, permission_query, permitted};
 use crate::activity::{Filter, Kind, Record};
 use crate::state::AppState;
@@ -30,6 +32,81 @@ const DEFAULT_LIMIT: usize = 100;
 /// The action a viewer needs on the organization.
 const VIEW_ACTIVITY: &str = "view_activity";
 const MAX_LIMIT: usize = 1000;
+
+/// How the OpenAPI document describes `GET /v1/activity`.
+pub const DOC: Doc = Doc {
+    summary: "An organization's activity trail, newest first, for a viewer the policies allow to view_activity.",
+    request: None,
+    query: &[
+        Query {
+            name: "organization",
+            required: true,
+            description: "The organization's id.",
+        },
+        Query {
+            name: "viewer",
+            required: true,
+            description: "Who asks, a Cedar uid like User::\"ada\".",
+        },
+        Query {
+            name: "principal",
+            required: false,
+            description: "Only records of this principal (uid).",
+        },
+        Query {
+            name: "resource",
+            required: false,
+            description: "Only records on this resource (uid).",
+        },
+        Query {
+            name: "action",
+            required: false,
+            description: "Only records of this action (uid).",
+        },
+        Query {
+            name: "kind",
+            required: false,
+            description: "decision, entity_upsert, entity_delete or policy_reload.",
+        },
+        Query {
+            name: "since",
+            required: false,
+            description: "RFC 3339 time, inclusive.",
+        },
+        Query {
+            name: "until",
+            required: false,
+            description: "RFC 3339 time.",
+        },
+        Query {
+            name: "limit",
+            required: false,
+            description: "1 to 1000 records (default 100).",
+        },
+        Query {
+            name: "cursor",
+            required: false,
+            description: "next_cursor of the previous page.",
+        },
+    ],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "`{records, next_cursor}`.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_field`: a query parameter is missing or wrong.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 403,
+            description: "`forbidden`: the policies do not allow the viewer.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
 
 /// One page of the trail.
 pub async fn list(

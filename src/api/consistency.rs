@@ -17,7 +17,7 @@ use crate::state::AppState;
 pub const HEADER: &str = "policyd-at-least";
 
 /// `"consistency"` in a decision body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consistency {
     /// The revision token the answer must reflect at least.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::consistency::{self, Consistency};
 use super::error::ApiError;
 use super::json::{self, Body, Object, Uid};
+use super::openapi::{Answer as Documented, Content, Doc, schema};
 use crate::activity::{Entry, Kind, Verdict};
 use crate::authz::{self, Decision, Query};
 use crate::engine::{self, Outcome};
@@ -19,7 +20,7 @@ use crate::policy::PolicySnapshot;
 use crate::state::AppState;
 
 /// One decision request: cedar-agent's shape.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
     #[serde(default)]
@@ -30,6 +31,7 @@ pub struct DecisionRequest {
     resource: Option<Uid>,
     /// Cedar context JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     context: Option<Value>,
     /// Fleet mode: the revision the answer must reflect (see [`super::consistency`]).
     #[serde(default)]
@@ -37,10 +39,11 @@ pub struct DecisionRequest {
 }
 
 /// A batch: `{"requests": [...]}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     #[serde(default)]
+    #[schema(value_type = Option<Vec<DecisionRequest>>)]
     requests: Option<Vec<Object<DecisionRequest>>>,
     /// Fleet mode: the revision every answer must reflect.
     #[serde(default)]
@@ -70,8 +73,10 @@ impl DecisionRequest {
 }
 
 /// One decision as answered: cedar-agent's shape, plus the id of its activity record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Answer {
+    /// `Allow` or `Deny`.
+    #[schema(value_type = String)]
     decision: &'static str,
     diagnostics: Diagnostics,
     /// `null` when the activity log is off or its queue is full.
@@ -81,19 +86,70 @@ pub struct Answer {
     revision: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The policies that decided, and the errors of policies that could not be evaluated.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Diagnostics {
     reason: Vec<String>,
     errors: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The answers of a batch, in the order of its requests.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BatchAnswer<'a> {
+    #[schema(value_type = Vec<Answer>)]
     results: &'a [Answer],
     /// Fleet mode: the revision token of the replica the decisions were made on.
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<String>,
 }
+
+/// How the OpenAPI document describes `POST /v1/is_authorized`.
+pub const DOC_SINGLE: Doc = Doc {
+    summary: "One decision: may the principal take the action on the resource?",
+    request: Some(schema::<DecisionRequest>),
+    query: &[],
+    answers: &[
+        Documented {
+            status: 200,
+            description: "The decision, its reasons and errors, and its activity record id.",
+            body: Content::Json(schema::<Answer>),
+        },
+        Documented {
+            status: 400,
+            description: "`unknown_action`, `invalid_context`, `invalid_request`: the request does not fit the schema.",
+            body: Content::Json(schema::<super::error::ErrorBody>),
+        },
+        Documented {
+            status: 503,
+            description: "`deadline_exceeded`: the decision did not finish in time (never an Allow).",
+            body: Content::Json(schema::<super::error::ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `POST /v1/is_authorized/batch`.
+pub const DOC_BATCH: Doc = Doc {
+    summary: "Up to --max-batch decisions on one policy snapshot, answered in order.",
+    request: Some(schema::<BatchRequest>),
+    query: &[],
+    answers: &[
+        Documented {
+            status: 200,
+            description: "One answer per request, in order.",
+            body: Content::Json(schema::<BatchAnswer<'static>>),
+        },
+        Documented {
+            status: 400,
+            description: "`batch_too_large`, or a request that does not fit the schema (the field names which).",
+            body: Content::Json(schema::<super::error::ErrorBody>),
+        },
+        Documented {
+            status: 503,
+            description: "`deadline_exceeded`: the decisions did not finish in time (never an Allow).",
+            body: Content::Json(schema::<super::error::ErrorBody>),
+        },
+    ],
+};
 
 /// Parses and validates a single decision request body.
 pub fn parse_single(snapshot: &PolicySnapshot, body: &[u8]) -> Result<Query, ApiError> {
@@ -147,9 +203,11 @@ fn parse_batch_with(
     Ok((queries, consistency))
 }
 
-/// One decision. `at_least` is the `Policyd-At-Least` header (fleet mode).
+/// One decision. `route` is the route's index in the route table, for its metrics;
+/// `at_least` is the `Policyd-At-Least` header (fleet mode).
 pub async fn single(
     state: &AppState,
+    route: usize,
     at_least: Option<HeaderValue>,
     body: &[u8],
 ) -> Result<hyper::Response<Body>, ApiError> {
@@ -158,7 +216,7 @@ pub async fn single(
     let revision = consistency::gate(state, consistency, at_least).await?;
     let queries = vec![query];
     let outcomes = decide(state, &snapshot, &queries).await?;
-    let mut answer = record(state, &snapshot, queries, outcomes)
+    let mut answer = record(state, route, &snapshot, queries, outcomes)
         .pop()
         .ok_or_else(|| ApiError::Internal("no decision for the request".to_owned()))?;
     answer.revision = revision;
@@ -168,9 +226,11 @@ pub async fn single(
 }
 
 /// Up to `max_batch` decisions on one snapshot and one entity slice, answered in order.
-/// `at_least` is the `Policyd-At-Least` header (fleet mode).
+/// `route` is the route's index in the route table, for its metrics; `at_least` is the
+/// `Policyd-At-Least` header (fleet mode).
 pub async fn batch(
     state: &AppState,
+    route: usize,
     at_least: Option<HeaderValue>,
     body: &[u8],
 ) -> Result<hyper::Response<Body>, ApiError> {
@@ -178,7 +238,7 @@ pub async fn batch(
     let (queries, consistency) = parse_batch_with(&snapshot, body, state.limits.max_batch)?;
     let revision = consistency::gate(state, consistency, at_least).await?;
     let outcomes = decide(state, &snapshot, &queries).await?;
-    let results = record(state, &snapshot, queries, outcomes);
+    let results = record(state, route, &snapshot, queries, outcomes);
     let resp = json::respond_with(
         StatusCode::OK,
         &BatchAnswer {
@@ -201,13 +261,16 @@ async fn decide(
     Ok(engine::decide(&state.store, snapshot, queries, deadline).await?)
 }
 
-/// Records each decision in the activity log and pairs it with its record's id.
+/// Records each decision in the activity log and pairs it with its record's id; counts it in
+/// the metrics of `route`.
 fn record(
     state: &AppState,
+    route: usize,
     snapshot: &PolicySnapshot,
     queries: Vec<Query>,
     outcomes: Vec<Outcome>,
 ) -> Vec<Answer> {
+    let series = state.metrics.decisions(route);
     queries
         .into_iter()
         .zip(outcomes)
@@ -216,6 +279,9 @@ fn record(
                 decision,
                 organization,
             } = outcome;
+            if let Some(series) = series {
+                series.decided(decision.allowed);
+            }
             let id = state.activity.record(Entry {
                 kind: Kind::Decision,
                 principal: Some(query.principal),

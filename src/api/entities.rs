@@ -2,16 +2,101 @@
 
 use cedar_policy::EntityUid;
 use hyper::StatusCode;
-use serde_json::json;
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
 use super::on_store;
+use super::openapi::{Answer, Content, Doc, any_object, object_array, schema};
 use crate::activity::{Entry, Kind};
 use crate::state::AppState;
 use crate::storage::ORGANIZATION_TYPE;
 use crate::store::codec;
 use crate::store::{Store, StoreError};
+
+/// The answer to a write.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct Written {
+    /// Entities stored.
+    upserted: usize,
+    /// Action entities that matched the schema's declarations (checked, not stored).
+    actions_matched: usize,
+    /// Fleet mode: the upstream revision token of the write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<String>,
+}
+
+/// How the OpenAPI document describes `PUT /v1/entities`.
+pub const DOC_PUT: Doc = Doc {
+    summary: "Write Cedar entities (a JSON array), validated against the schema, all or none.",
+    request: Some(object_array),
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "Written.",
+            body: Content::Json(schema::<Written>),
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_entity`, `hierarchy_cycle`: nothing was written.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 413,
+            description: "`too_many_entities`, `body_too_large`.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `GET /v1/entities/{type}/{id}`.
+pub const DOC_GET: Doc = Doc {
+    summary: "One stored entity (or schema action), in Cedar entity JSON.",
+    request: None,
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "The entity.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_field`: the path is not an entity uid.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: no such entity.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `DELETE /v1/entities/{type}/{id}`.
+pub const DOC_DELETE: Doc = Doc {
+    summary: "Remove one stored entity.",
+    request: None,
+    query: &[],
+    answers: &[
+        Answer {
+            status: 204,
+            description: "Removed.",
+            body: Content::Empty,
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_field`: the path is not an entity uid.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: no such entity.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
 
 /// Validates every entity against the schema, then writes them all in one transaction.
 ///
@@ -57,11 +142,14 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             .activity
             .record(change(Kind::EntityUpsert, &uid, org, &snapshot.revision));
     }
-    let mut answer = json!({ "upserted": n, "actions_matched": actions });
-    if let Some(revision) = revision {
-        answer["revision"] = json!(revision);
-    }
-    Ok(json::respond(StatusCode::OK, &answer))
+    Ok(json::respond_with(
+        StatusCode::OK,
+        &Written {
+            upserted: n,
+            actions_matched: actions,
+            revision,
+        },
+    ))
 }
 
 /// The stored entity, in Cedar entity JSON. With a schema, an action is answered from the
@@ -121,7 +209,7 @@ pub async fn delete(
         .activity
         .record(change(Kind::EntityDelete, &target, org, &revision));
     Ok(match upstream_revision {
-        Some(token) => json::respond(StatusCode::OK, &json!({ "revision": token })),
+        Some(token) => json::respond(StatusCode::OK, &serde_json::json!({ "revision": token })),
         None => json::empty(StatusCode::NO_CONTENT),
     })
 }

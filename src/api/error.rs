@@ -1,7 +1,8 @@
 //! API errors and the one place they become HTTP statuses and JSON bodies.
 
 use hyper::StatusCode;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::authz::RequestError;
 use crate::engine::EngineError;
@@ -109,8 +110,13 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     /// The route exists but not with this method.
-    #[error("method {0} is not allowed here")]
-    MethodNotAllowed(String),
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The methods the path serves, as an `Allow` header value.
+        allow: String,
+    },
     /// The daemon cannot serve yet.
     #[error("{0}")]
     NotReady(String),
@@ -179,6 +185,38 @@ impl From<UpstreamError> for ApiError {
     }
 }
 
+/// An error answer: `{"error": {"code", "message", ...}}`, rendered by
+/// [`ApiError::body`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The error object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (`bad_json`, `invalid_field`, `not_found`, ...).
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// `invalid_policies`: each problem, with file, line and column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub errors: Option<Vec<serde_json::Value>>,
+    /// `invalid_policies`, `widening_refused`: the revision still served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `widening_refused`: what the new policies would grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub changes: Option<serde_json::Value>,
+    /// `quota_exceeded`: the quota check that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub check: Option<serde_json::Value>,
+}
+
 impl ApiError {
     /// The HTTP status and stable error code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -214,7 +252,9 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
             ApiError::IdempotencyConflict(_) => (StatusCode::CONFLICT, "idempotency_conflict"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Stale(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
             ApiError::RevisionNotApplied(_) => {
@@ -235,21 +275,31 @@ impl ApiError {
             ApiError::Internal(_) => "internal error; see the policyd log".to_owned(),
             other => other.to_string(),
         };
-        let mut body = json!({ "error": { "code": code, "message": message } });
+        let mut error = ErrorDetail {
+            code: code.to_owned(),
+            message,
+            errors: None,
+            revision: None,
+            changes: None,
+            check: None,
+        };
         match self {
             ApiError::InvalidPolicies { errors, revision } => {
-                body["error"]["errors"] = json!(errors);
-                body["error"]["revision"] = json!(revision);
+                error.errors = Some(errors.clone());
+                error.revision = Some(revision.clone());
             }
             ApiError::WideningRefused {
                 revision, changes, ..
             } => {
-                body["error"]["revision"] = json!(revision);
-                body["error"]["changes"] = changes.clone();
+                error.revision = Some(revision.clone());
+                error.changes = Some(changes.clone());
             }
-            ApiError::QuotaExceeded { check, .. } => body["error"]["check"] = check.clone(),
+            ApiError::QuotaExceeded { check, .. } => error.check = Some(check.clone()),
             _ => {}
         }
-        body
+        // An error body holds strings and JSON values, which always render.
+        serde_json::to_value(ErrorBody { error }).unwrap_or_else(
+            |_| serde_json::json!({ "error": { "code": code, "message": "internal error" } }),
+        )
     }
 }

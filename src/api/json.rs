@@ -119,6 +119,18 @@ impl<'de> Deserialize<'de> for Uid {
     }
 }
 
+impl utoipa::PartialSchema for Uid {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        super::openapi::uid_schema()
+    }
+}
+
+impl utoipa::ToSchema for Uid {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("EntityUid")
+    }
+}
+
 struct UidVisitor;
 
 const UID_SHAPES: &str = r#"an entity uid: {"type", "id"} or a string like User::"alice""#;

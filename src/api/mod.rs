@@ -10,7 +10,10 @@ mod entities;
 pub mod error;
 mod health;
 mod json;
+mod metrics;
+pub mod openapi;
 mod policies;
+pub mod routes;
 mod storage;
 
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use crate::store::Store;
 pub use decisions::{parse_batch as parse_batch_request, parse_single as parse_decision_request};
 pub use error::ApiError;
 pub use json::Body;
+use routes::{Access, Found};
 
 /// Answers one request. Never fails: errors become JSON error responses.
 ///
@@ -40,26 +44,42 @@ pub use json::Body;
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let started = request_log_on().then(Instant::now);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let (resp, refused) = match route(&state, req).await {
+    let uri = req.uri().clone();
+    let (route, served, result) = route(&state, req).await;
+    let (resp, refused) = match result {
         Ok(resp) => (resp, None),
         Err(err) => {
             let (status, code) = err.status_and_code();
             if status.is_server_error() {
-                tracing::error!(%method, route = route_pattern(&path), %path, code, error = %err, "request failed");
+                let path = uri.path();
+                tracing::error!(%method, route = route_pattern(route), %path, code, error = %err, "request failed");
             }
             let mut resp = json::respond(status, &err.body());
-            if matches!(err, ApiError::Unauthorized) {
-                resp.headers_mut().insert(
-                    hyper::header::WWW_AUTHENTICATE,
-                    hyper::header::HeaderValue::from_static("Bearer"),
-                );
+            match &err {
+                ApiError::Unauthorized => {
+                    resp.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                ApiError::MethodNotAllowed { allow, .. } => {
+                    if let Ok(v) = hyper::header::HeaderValue::from_str(allow) {
+                        resp.headers_mut().insert(hyper::header::ALLOW, v);
+                    }
+                }
+                _ => {}
             }
             (resp, Some((code, err)))
         }
     };
+    state.metrics.answered(
+        route.filter(|_| served),
+        method.as_str(),
+        route_pattern(route),
+        resp.status().as_u16(),
+    );
     if let Some(started) = started {
-        log_request(&method, &path, &resp, started, refused.as_ref());
+        log_request(&method, route, &resp, started, refused.as_ref());
     }
     resp
 }
@@ -77,7 +97,7 @@ struct DecisionIds(Vec<i64>);
 /// The request log's event for one answered request.
 fn log_request(
     method: &Method,
-    path: &str,
+    route: Option<usize>,
     resp: &Response<Body>,
     started: Instant,
     refused: Option<&(&'static str, ApiError)>,
@@ -98,7 +118,7 @@ fn log_request(
     tracing::debug!(
         target: REQUEST_TARGET,
         %method,
-        route = route_pattern(path),
+        route = route_pattern(route),
         status = resp.status().as_u16(),
         latency_us,
         decision_id,
@@ -109,30 +129,16 @@ fn log_request(
     );
 }
 
-/// The route pattern `path` matches, ids left out (`/v1/entities/{type}/{id}`), for the log;
-/// `unmatched` for a path no route serves. Mirrors [`route`].
-fn route_pattern(path: &str) -> &'static str {
-    let Ok(segments) = segments(path) else {
-        return "unmatched";
-    };
-    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    match segs.as_slice() {
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["v1", "policies"] => "/v1/policies",
-        ["v1", "policies", "reload"] => "/v1/policies/reload",
-        ["v1", "is_authorized"] => "/v1/is_authorized",
-        ["v1", "is_authorized", "batch"] => "/v1/is_authorized/batch",
-        ["v1", "entities"] => "/v1/entities",
-        ["v1", "entities", _, _] => "/v1/entities/{type}/{id}",
-        ["v1", "activity"] => "/v1/activity",
-        ["v1", "storage", "check"] => "/v1/storage/check",
-        ["v1", "storage", "reservations"] => "/v1/storage/reservations",
-        ["v1", "storage", "reservations", _] => "/v1/storage/reservations/{id}",
-        ["v1", "storage", _, _] => "/v1/storage/{type}/{id}",
-        _ => "unmatched",
-    }
+/// The pattern of the route a request reached, ids left out (`/v1/entities/{type}/{id}`),
+/// for the log and the metrics; `unmatched` for a path no route serves.
+pub fn route_pattern(route: Option<usize>) -> &'static str {
+    route
+        .and_then(|i| routes::ROUTES.get(i))
+        .map_or(UNMATCHED, |r| r.pattern)
 }
+
+/// The route label of a path no route serves.
+pub const UNMATCHED: &str = "unmatched";
 
 /// Attaches the decisions' activity record ids to a response, for the request log (only
 /// while it is on).
@@ -147,33 +153,15 @@ fn with_decision_ids(
     resp
 }
 
-/// Who may call a route.
-enum Surface {
-    /// Health probes: always open.
-    Health,
-    /// Decisions: open when `--open-decisions`, else like admin.
-    Decision,
-    /// Everything that changes state or reads admin data.
-    Admin,
-}
-
-fn surface(segs: &[&str]) -> Surface {
-    match segs {
-        ["healthz"] | ["readyz"] => Surface::Health,
-        ["v1", "is_authorized", ..] => Surface::Decision,
-        _ => Surface::Admin,
-    }
-}
-
 /// Checks the bearer token in constant time, when one is configured.
-fn authorize(state: &AppState, req: &Request<Incoming>, segs: &[&str]) -> Result<(), ApiError> {
+fn authorize(state: &AppState, req: &Request<Incoming>, access: Access) -> Result<(), ApiError> {
     let Some(token) = &state.auth.token else {
         return Ok(());
     };
-    match surface(segs) {
-        Surface::Health => return Ok(()),
-        Surface::Decision if state.auth.open_decisions => return Ok(()),
-        Surface::Decision | Surface::Admin => {}
+    match access {
+        Access::Open => return Ok(()),
+        Access::Decision if state.auth.open_decisions => return Ok(()),
+        Access::Decision | Access::Admin => {}
     }
     let given = req
         .headers()
@@ -210,66 +198,65 @@ async fn body(state: &AppState, req: Request<Incoming>) -> Result<hyper::body::B
     .map_err(|_| ApiError::RequestTimeout(limits.body_timeout))?
 }
 
-async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let segments = segments(req.uri().path())?;
-    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    authorize(state, &req, &segs)?;
-    let method = req.method().clone();
-    match (segs.as_slice(), &method) {
-        (["healthz"], &Method::GET) => Ok(health::healthz()),
-        (["readyz"], &Method::GET) => health::readyz(state).await,
-        (["v1", "policies"], &Method::GET) => Ok(policies::status(state)),
-        (["v1", "policies", "reload"], &Method::POST) => {
-            policies::reload(state, &body(state, req).await?).await
+/// Finds the request's route in [`routes::ROUTES`], checks the token, and calls its handler.
+/// Returns the index of the route the path reached (also on a `405`) and whether that route
+/// served it, for the log and the metrics.
+async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> (Option<usize>, bool, Result<Response<Body>, ApiError>) {
+    let segments = match segments(req.uri().path()) {
+        Ok(s) => s,
+        // An undecodable path matches no route; the token still guards the answer.
+        Err(e) => {
+            return (
+                None,
+                false,
+                authorize(state, &req, Access::Admin).and(Err(e)),
+            );
         }
-        (["v1", "is_authorized"], &Method::POST) => {
-            let at_least = consistency::header(&req);
-            decisions::single(state, at_least, &body(state, req).await?).await
+    };
+    match routes::find(req.method(), &segments) {
+        Found::Route(i) => {
+            let r = &routes::ROUTES[i];
+            if let Err(e) = authorize(state, &req, r.access) {
+                return (Some(i), true, Err(e));
+            }
+            let call = routes::Call {
+                state,
+                req,
+                params: routes::params(r.pattern, segments),
+                route: i,
+            };
+            let Some(series) = state.metrics.decisions(i) else {
+                return (Some(i), true, (r.handler)(call).await);
+            };
+            let started = Instant::now();
+            let result = (r.handler)(call).await;
+            series.seconds.observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                series.error.inc();
+            }
+            (Some(i), true, result)
         }
-        (["v1", "is_authorized", "batch"], &Method::POST) => {
-            let at_least = consistency::header(&req);
-            decisions::batch(state, at_least, &body(state, req).await?).await
+        Found::OtherMethods(i) => {
+            let refused = authorize(state, &req, routes::ROUTES[i].access).and_then(|()| {
+                Err(ApiError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    allow: routes::allowed_methods(i),
+                })
+            });
+            (Some(i), false, refused)
         }
-        (["v1", "entities"], &Method::PUT) => entities::put(state, &body(state, req).await?).await,
-        (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
-        (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
-        (["v1", "activity"], &Method::GET) => {
-            consistency::gate(state, None, consistency::header(&req)).await?;
-            activity::list(state, req.uri().query()).await
+        Found::Nothing => {
+            let refused = authorize(state, &req, Access::Admin).and_then(|()| {
+                Err(ApiError::NotFound(format!(
+                    "no route for {}",
+                    req.uri().path()
+                )))
+            });
+            (None, false, refused)
         }
-        (["v1", "storage", "check"], &Method::POST) => {
-            storage::check(state, &body(state, req).await?).await
-        }
-        (["v1", "storage", "reservations"], &Method::POST) => {
-            storage::reserve(state, &body(state, req).await?).await
-        }
-        (["v1", "storage", "reservations", id], &Method::DELETE) => {
-            storage::release(state, id).await
-        }
-        (["v1", "storage", ty, id], &Method::GET) => {
-            consistency::gate(state, None, consistency::header(&req)).await?;
-            storage::totals(state, ty, id, req.uri().query()).await
-        }
-        (
-            ["healthz"]
-            | ["readyz"]
-            | ["v1", "policies"]
-            | ["v1", "policies", "reload"]
-            | ["v1", "is_authorized"]
-            | ["v1", "is_authorized", "batch"]
-            | ["v1", "entities"]
-            | ["v1", "entities", _, _]
-            | ["v1", "activity"]
-            | ["v1", "storage", "check"]
-            | ["v1", "storage", "reservations"]
-            | ["v1", "storage", "reservations", _]
-            | ["v1", "storage", _, _],
-            _,
-        ) => Err(ApiError::MethodNotAllowed(method.to_string())),
-        _ => Err(ApiError::NotFound(format!(
-            "no route for {}",
-            req.uri().path()
-        ))),
     }
 }
 
@@ -360,20 +347,29 @@ mod tests {
 
     #[test]
     fn route_patterns_leave_ids_out() {
+        let pattern = |method: Method, path: &str| {
+            let found = match routes::find(&method, &segments(path).unwrap()) {
+                Found::Route(i) | Found::OtherMethods(i) => Some(i),
+                Found::Nothing => None,
+            };
+            route_pattern(found)
+        };
         assert_eq!(
-            route_pattern("/v1/entities/User/caf%C3%A9"),
+            pattern(Method::GET, "/v1/entities/User/caf%C3%A9"),
             "/v1/entities/{type}/{id}"
         );
         assert_eq!(
-            route_pattern("/v1/storage/reservations/r-1"),
+            pattern(Method::DELETE, "/v1/storage/reservations/r-1"),
             "/v1/storage/reservations/{id}"
         );
         assert_eq!(
-            route_pattern("/v1/storage/Project/p"),
+            pattern(Method::GET, "/v1/storage/Project/p"),
             "/v1/storage/{type}/{id}"
         );
-        assert_eq!(route_pattern("/v1/is_authorized"), "/v1/is_authorized");
-        assert_eq!(route_pattern("/v1/secret/alice"), "unmatched");
-        assert_eq!(route_pattern("/v1/entities/User/%FF"), "unmatched");
+        assert_eq!(
+            pattern(Method::GET, "/v1/is_authorized"),
+            "/v1/is_authorized"
+        );
+        assert_eq!(pattern(Method::GET, "/v1/secret/alice"), "unmatched");
     }
 }

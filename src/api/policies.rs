@@ -8,10 +8,57 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
+use super::openapi::{Answer, Content, Doc, any_object, schema};
 use crate::policy::{Slicing, SourceError};
 use crate::reload::{ReloadStatus, Trigger};
 use crate::state::AppState;
+
+/// How the OpenAPI document describes `GET /v1/policies`.
+pub const DOC_STATUS: Doc = Doc {
+    summary: "The served policy set, slicing, the last reload, cache, activity and analysis counters.",
+    request: None,
+    query: &[],
+    answers: &[Answer {
+        status: 200,
+        description: "The status (see the README for its fields).",
+        body: Content::Json(any_object),
+    }],
+};
+
+/// The body of `POST /v1/policies/reload`: empty, or this object.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReloadRequest {
+    /// Apply a set that widens access under `--reload-guard refuse-widening`.
+    #[serde(default)]
+    accept_widening: Option<bool>,
+}
+
+/// How the OpenAPI document describes `POST /v1/policies/reload`.
+pub const DOC_RELOAD: Doc = Doc {
+    summary: "Reload the policy directory now and answer with the outcome.",
+    request: Some(schema::<ReloadRequest>),
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "Reloaded (or unchanged): the new revision and what changed.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 409,
+            description: "`widening_refused`: the reload guard refused a set that widens access.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 422,
+            description: "`invalid_policies`: the sources were refused; the previous revision is still served.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
 
 /// The served policy set and the outcome of the last reload attempt.
 pub fn status(state: &AppState) -> hyper::Response<Body> {
@@ -71,18 +118,10 @@ pub async fn reload(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bod
     let accept_widening = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
-        let map = json::object(json::parse(body)?, "the reload request")?;
-        json::deny_unknown(&map, &["accept_widening"], "")?;
-        match map.get("accept_widening") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ApiError::InvalidField {
-                    field: "accept_widening".to_owned(),
-                    message: "must be true or false".to_owned(),
-                });
-            }
-        }
+        json::from_body::<json::Object<ReloadRequest>>(body)?
+            .0
+            .accept_widening
+            .unwrap_or(false)
     };
     let outcome = state
         .reloader

@@ -9,7 +9,9 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::json::{self, Body};
+use super::openapi::{Answer, Content, Doc, Query, any_object, schema};
 use super::{forbidden, on_store, permission_query, permitted};
 use crate::state::AppState;
 use crate::storage::{
@@ -21,6 +23,130 @@ const MAX_TTL_SECONDS: i64 = 7 * 24 * 3600;
 
 /// The action a caller needs on the organization or project to see its storage.
 const VIEW_STORAGE: &str = "view_storage";
+
+/// The body of `POST /v1/storage/check`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct CheckRequest {
+    /// The project, a uid.
+    project: json::Uid,
+    /// Bytes to add.
+    add_bytes: u64,
+}
+
+/// The body of `POST /v1/storage/reservations`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ReserveRequest {
+    /// The project, a uid.
+    project: json::Uid,
+    /// Bytes to hold.
+    bytes: u64,
+    /// How long to hold them, 1 s to 7 days.
+    ttl_seconds: u64,
+    /// Makes a retry return the same reservation (1 to 256 bytes).
+    idempotency_key: Option<String>,
+}
+
+/// How the OpenAPI document describes `GET /v1/storage/{type}/{id}`.
+pub const DOC_TOTALS: Doc = Doc {
+    summary: "Storage totals of an Organization (with its projects) or a Project, for a principal the policies allow to view_storage.",
+    request: None,
+    query: &[Query {
+        name: "principal",
+        required: true,
+        description: "Who asks, a Cedar uid like User::\"ada\".",
+    }],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "Used, reserved and quota bytes.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 400,
+            description: "`invalid_field`: the principal or path is wrong.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 403,
+            description: "`forbidden`: the policies do not allow the principal.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: not stored, or not an Organization or Project.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `POST /v1/storage/check`.
+pub const DOC_CHECK: Doc = Doc {
+    summary: "Would adding bytes keep the project and its organization within quota?",
+    request: Some(schema::<CheckRequest>),
+    query: &[],
+    answers: &[
+        Answer {
+            status: 200,
+            description: "The quota check.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: the project is not stored.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `POST /v1/storage/reservations`.
+pub const DOC_RESERVE: Doc = Doc {
+    summary: "Check and hold bytes for an upload in flight, atomically.",
+    request: Some(schema::<ReserveRequest>),
+    query: &[],
+    answers: &[
+        Answer {
+            status: 201,
+            description: "Reserved.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 200,
+            description: "The reservation this idempotency key already made.",
+            body: Content::Json(any_object),
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: the project is not stored.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+        Answer {
+            status: 409,
+            description: "`quota_exceeded` (with the check) or `idempotency_conflict`.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
+
+/// How the OpenAPI document describes `DELETE /v1/storage/reservations/{id}`.
+pub const DOC_RELEASE: Doc = Doc {
+    summary: "Release a reservation.",
+    request: None,
+    query: &[],
+    answers: &[
+        Answer {
+            status: 204,
+            description: "Released.",
+            body: Content::Empty,
+        },
+        Answer {
+            status: 404,
+            description: "`not_found`: no such reservation.",
+            body: Content::Json(schema::<ErrorBody>),
+        },
+    ],
+};
 
 /// `GET /v1/storage/{Organization|Project}/{id}?principal=<uid>`.
 pub async fn totals(

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::activity::{Entry, Kind, Verdict};
 use crate::analysis;
 use crate::config::{AnalysisConfig, ReloadGuard};
+use crate::metrics::ReloadOutcome;
 use crate::policy::{self, PolicySnapshot, SourceError};
 use crate::state::AppState;
 use crate::store::codec::error_chain;
@@ -211,6 +212,9 @@ async fn worker(state: Arc<AppState>, mut rx: mpsc::Receiver<Request>) {
         if !redundant {
             state.reloader.last.store(Some(Arc::new(status.clone())));
         }
+        state
+            .metrics
+            .reloaded(trigger.as_str(), ReloadOutcome::of(&status));
         if let Some((old, new)) = swapped {
             // `warn`: the new set is already live; the analysis fills in `changes` later.
             state.reloader.guard.spawn(old, new, status.changes.clone());

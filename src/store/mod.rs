@@ -92,6 +92,18 @@ pub trait EntityStore: Send + Sync {
     fn replica_position(&self) -> Result<Option<replica::Position>, StoreError> {
         Ok(None)
     }
+    /// Number of stored entities of each type (for the metrics). The default scans every
+    /// record; a backend with an index on the type answers from it.
+    fn count_by_type(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        self.scan(&mut |record| {
+            *counts
+                .entry(record.uid.type_name().to_string())
+                .or_default() += 1;
+            true
+        })?;
+        Ok(counts.into_iter().collect())
+    }
 }
 
 /// Storage accounting, quotas and reservations, kept by the backend in the same transactions as
@@ -121,6 +133,12 @@ pub trait StorageLedger: Send + Sync {
     fn release(&self, id: &str) -> Result<bool, StoreError>;
     /// Deletes up to `limit` expired reservations, returning how many.
     fn sweep_reservations(&self, now: i64, limit: i64) -> Result<usize, StoreError>;
+    /// Number of reservations not expired at `now` (for the metrics); `None` from a backend
+    /// that cannot tell.
+    fn open_reservations(&self, now: i64) -> Result<Option<u64>, StoreError> {
+        let _ = now;
+        Ok(None)
+    }
 }
 
 /// Everything a storage backend provides.
@@ -213,6 +231,11 @@ impl Store {
     /// Calls `visit` with every stored record until it returns `false`.
     pub fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
         self.backend.scan(visit)
+    }
+
+    /// Number of stored entities of each type.
+    pub fn count_by_type(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.backend.count_by_type()
     }
 
     /// Entity cache `(hits, misses, entries)` since start.

@@ -382,6 +382,21 @@ impl EntityStore for SqliteStore {
         })
     }
 
+    /// From the primary key's index, one group per type.
+    fn count_by_type(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT etype, count(*) FROM entities GROUP BY etype")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     /// Reads come from the database file, through the OS page cache.
     fn reads_inline(&self) -> bool {
         true
@@ -458,6 +473,15 @@ impl StorageLedger for SqliteStore {
 
     fn sweep_reservations(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
         self.write(|tx| ledger::sweep(tx, now, limit))
+    }
+
+    fn open_reservations(&self, now: i64) -> Result<Option<u64>, StoreError> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM reservations WHERE expires_at > ?1")?
+                .query_row(params![now], |r| r.get(0))?;
+            Ok(Some(u64::try_from(n).unwrap_or(0)))
+        })
     }
 }
 
