@@ -13,9 +13,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 mod accounting;
 mod ledger;
+pub mod refs;
 
 use super::codec::{DecodeError, Record};
 use super::{EntityStore, StorageLedger, StoreError, WriteEffect};
+use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use accounting::{Dirty, Key};
 
@@ -80,10 +82,14 @@ CREATE INDEX reservations_by_project ON reservations (ptype, pid, expires_at);
 CREATE INDEX reservations_by_org ON reservations (otype, oid, expires_at);
 CREATE INDEX reservations_by_expiry ON reservations (expires_at);
 "#,
+    refs::MIGRATION,
 ];
 
 /// The migration that added storage accounting; stores older than it are back-filled.
 const ACCOUNTING_MIGRATION: usize = 2;
+
+/// The migration that added the reference index; stores older than it are back-filled.
+const REFS_MIGRATION: usize = 3;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -182,6 +188,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if i + 1 == ACCOUNTING_MIGRATION {
             backfill_accounting(&tx)?;
         }
+        if i + 1 == REFS_MIGRATION {
+            refs::backfill(&tx)?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
@@ -241,6 +250,7 @@ impl EntityStore for SqliteStore {
                 let k = key(&r.uid);
                 let was = accounting::before(tx, &k)?;
                 put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
+                refs::write(tx, &k, Some(&r.body))?;
                 clear.execute(params![k.0, k.1])?;
                 let mut parents: Vec<Key> = r.parents.iter().map(key).collect();
                 for (pty, pid) in &parents {
@@ -296,6 +306,7 @@ impl EntityStore for SqliteStore {
             }
             tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?
                 .execute(params![k.0, k.1])?;
+            refs::write(tx, &k, None)?;
             let hierarchy_changed = !was.parents_of_stored().is_empty()
                 && tx
                     .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
@@ -344,6 +355,16 @@ impl EntityStore for SqliteStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
+    fn candidates(
+        &self,
+        ty: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| refs::candidates(conn, ty, filter, after, limit))
     }
 
     fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {
