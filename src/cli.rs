@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// Longest the analysis of one reload may take before it is reported as unavailable.
     #[arg(long, env = "POLICYD_ANALYSIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub analysis_timeout: Duration,
+    /// Base URL the AuthZEN metadata (`/.well-known/authzen-configuration`) names its endpoints
+    /// under (default `http://<listen address>`).
+    #[arg(long, env = "POLICYD_AUTHZEN_BASE_URL")]
+    pub authzen_base_url: Option<String>,
     #[command(flatten)]
     pub solver: SolverArgs,
 }

@@ -56,6 +56,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.describe();
+        let base = args
+            .authzen_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let _ = state.authzen_base.set(base);
         let token = config.auth.token.is_some();
         tracing::info!(%addr, token, open_decisions = config.auth.open_decisions, "policyd listening");
         daemon::spawn_background(&state, &config);

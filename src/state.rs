@@ -29,6 +29,9 @@ pub struct AppState {
     pub write_gate: tokio::sync::RwLock<()>,
     /// The activity log.
     pub activity: Arc<ActivityLog>,
+    /// Base URL of the AuthZEN endpoints (`--authzen-base-url`, else `http://<listen
+    /// address>`), set once the listener is bound.
+    pub authzen_base: std::sync::OnceLock<String>,
 }
 
 impl AppState {
@@ -49,6 +52,7 @@ impl AppState {
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),
+            authzen_base: std::sync::OnceLock::new(),
         })
     }
 

@@ -5,6 +5,8 @@ use serde_json::json;
 
 use crate::authz::RequestError;
 use crate::engine::EngineError;
+use crate::search::SearchError;
+use crate::search::token::TokenError;
 use crate::store::StoreError;
 use crate::store::codec::EntityError;
 
@@ -139,6 +141,24 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Deadline(d) => ApiError::DeadlineExceeded(d),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Engine(e) => e.into(),
+            SearchError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        ApiError::InvalidField {
+            field: "page.token".to_owned(),
+            message: e.to_string(),
         }
     }
 }

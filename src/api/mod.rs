@@ -4,6 +4,8 @@
 //! a status code and a JSON body.
 
 mod activity;
+mod authzen;
+mod authzen_input;
 mod decisions;
 mod entities;
 pub mod error;
@@ -40,7 +42,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let started = request_log_on().then(Instant::now);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (resp, refused) = match route(&state, req).await {
+    let request_id = req.headers().get("x-request-id").cloned();
+    let (mut resp, refused) = match route(&state, req).await {
         Ok(resp) => (resp, None),
         Err(err) => {
             let (status, code) = err.status_and_code();
@@ -57,6 +60,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             (resp, Some((code, err)))
         }
     };
+    // AuthZEN: the caller's request id is echoed (on every route, harmlessly).
+    if let Some(id) = request_id {
+        resp.headers_mut().insert("x-request-id", id);
+    }
     if let Some(started) = started {
         log_request(&method, &path, &resp, started, refused.as_ref());
     }
@@ -129,6 +136,12 @@ fn route_pattern(path: &str) -> &'static str {
         ["v1", "storage", "reservations"] => "/v1/storage/reservations",
         ["v1", "storage", "reservations", _] => "/v1/storage/reservations/{id}",
         ["v1", "storage", _, _] => "/v1/storage/{type}/{id}",
+        ["access", "v1", "evaluation"] => "/access/v1/evaluation",
+        ["access", "v1", "evaluations"] => "/access/v1/evaluations",
+        ["access", "v1", "search", "subject"] => "/access/v1/search/subject",
+        ["access", "v1", "search", "resource"] => "/access/v1/search/resource",
+        ["access", "v1", "search", "action"] => "/access/v1/search/action",
+        [".well-known", "authzen-configuration"] => "/.well-known/authzen-configuration",
         _ => "unmatched",
     }
 }
@@ -158,8 +171,8 @@ enum Surface {
 
 fn surface(segs: &[&str]) -> Surface {
     match segs {
-        ["healthz"] | ["readyz"] => Surface::Health,
-        ["v1", "is_authorized", ..] => Surface::Decision,
+        ["healthz"] | ["readyz"] | [".well-known", "authzen-configuration"] => Surface::Health,
+        ["v1", "is_authorized", ..] | ["access", "v1", ..] => Surface::Decision,
         _ => Surface::Admin,
     }
 }
@@ -243,6 +256,38 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
         (["v1", "storage", ty, id], &Method::GET) => {
             storage::totals(state, ty, id, req.uri().query()).await
         }
+        (["access", "v1", "evaluation"], &Method::POST) => {
+            authzen::evaluation(state, &body(state, req).await?).await
+        }
+        (["access", "v1", "evaluations"], &Method::POST) => {
+            authzen::evaluations(state, &body(state, req).await?).await
+        }
+        (["access", "v1", "search", "subject"], &Method::POST) => {
+            authzen::search(
+                state,
+                &body(state, req).await?,
+                crate::search::Side::Subject,
+            )
+            .await
+        }
+        (["access", "v1", "search", "resource"], &Method::POST) => {
+            authzen::search(
+                state,
+                &body(state, req).await?,
+                crate::search::Side::Resource,
+            )
+            .await
+        }
+        (["access", "v1", "search", "action"], &Method::POST) => {
+            authzen::search_actions(state, &body(state, req).await?).await
+        }
+        ([".well-known", "authzen-configuration"], &Method::GET) => {
+            let host = req.headers().get(hyper::header::HOST);
+            Ok(authzen::configuration(
+                state,
+                host.and_then(|h| h.to_str().ok()),
+            ))
+        }
         (
             ["healthz"]
             | ["readyz"]
@@ -256,7 +301,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             | ["v1", "storage", "check"]
             | ["v1", "storage", "reservations"]
             | ["v1", "storage", "reservations", _]
-            | ["v1", "storage", _, _],
+            | ["v1", "storage", _, _]
+            | ["access", "v1", "evaluation" | "evaluations"]
+            | ["access", "v1", "search", "subject" | "resource" | "action"]
+            | [".well-known", "authzen-configuration"],
             _,
         ) => Err(ApiError::MethodNotAllowed(method.to_string())),
         _ => Err(ApiError::NotFound(format!(
