@@ -47,7 +47,8 @@ fn snapshot(extra: Option<&str>, drop_public: bool) -> PolicySnapshot {
 }
 
 /// The snapshots pages alternate between: the bundled policies; without the public rules; and
-/// with a rule no residual translation narrows (a string comparison on the resource).
+/// with rules whose residuals narrow by conjunction, condition and set membership, and rules no
+/// residual translation narrows (a string comparison, a negation).
 fn snapshots() -> Vec<PolicySnapshot> {
     vec![
         snapshot(None, false),
@@ -55,7 +56,17 @@ fn snapshots() -> Vec<PolicySnapshot> {
         snapshot(
             Some(
                 r#"permit (principal, action == Action::"view", resource)
-                   when { resource has name && resource.name like "open*" };"#,
+                   when { resource has name && resource.name like "open*" };
+                   permit (principal, action == Action::"edit", resource is Project)
+                   when { resource.members.contains(principal) && principal in resource.org };
+                   permit (principal, action == Action::"share", resource is Project)
+                   when {
+                     if resource.visibility == "shared"
+                     then resource.members.containsAny([principal])
+                     else resource.org.admins.contains(principal)
+                   };
+                   permit (principal, action == Action::"view_storage", resource)
+                   when { resource in principal || !(principal in resource) };"#,
             ),
             false,
         ),
