@@ -361,6 +361,18 @@ async fn malformed_payloads_are_400_and_schema_misfits_are_decision_false() {
         "evaluations": [{"resource": {"type": "account", "id": "123"}}, {"resource": {"type": "account"}}, {}]
     })).await;
     assert_eq!(decisions(&answer), [true, false, false], "{answer}");
+    let (status, body) = d
+        .call(
+            "POST",
+            "/access/v1/evaluations",
+            Some(&json!({"subject": "alice", "evaluations": [{"resource": ok["resource"]}]})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a default of the wrong type: {body}"
+    );
     let single = post(&d, "/access/v1/evaluations", ok.clone()).await;
     assert_eq!(single["decision"], json!(true), "{single}");
     // Searches need their known side whole; an unknown type or id finds nothing.

@@ -89,6 +89,12 @@ pub async fn evaluations(state: &AppState, body: &[u8]) -> Result<hyper::Respons
             max: state.limits.max_batch,
         });
     }
+    // Defaults an item may replace must still be of the right JSON type.
+    for key in ["subject", "action", "resource", "context"] {
+        if map.get(key).is_some_and(|v| !v.is_object() && !v.is_null()) {
+            return Err(field(key, "must be an object"));
+        }
+    }
     let semantic = Semantic::of(&map)?;
     // An item that is not complete answers `decision: false` in its place.
     let tuples: Vec<Result<Tuple, String>> = items
