@@ -116,9 +116,10 @@ pub fn query(ty: &str, filter: &Filter, after: Option<&str>, args: &mut Vec<Stri
             let mut n = 0;
             let mut set_args = Vec::new();
             let set = set_sql(other, &mut set_args, &mut n);
-            // The filter's set drives the lookup: it is small when the filter narrows.
+            // The filter's set drives the lookup (CROSS JOIN fixes SQLite's join order): it is
+            // small when the filter narrows, while the tables are as large as the store.
             let sql = format!(
-                "SELECT DISTINCT e.eid FROM ({set}) s JOIN entities e ON e.etype = s.t AND e.eid = s.i \
+                "SELECT DISTINCT e.eid FROM ({set}) s CROSS JOIN entities e ON e.etype = s.t AND e.eid = s.i \
                  WHERE {after_sql} ORDER BY e.eid LIMIT ?"
             );
             let tail = std::mem::take(args);
@@ -151,7 +152,7 @@ fn set_sql(filter: &Filter, args: &mut Vec<String>, n: &mut usize) -> String {
             }
             format!(
                 "WITH RECURSIVE d{k} (t, i) AS (VALUES {} UNION \
-                 SELECT c.ctype, c.cid FROM parents c JOIN d{k} ON c.ptype = d{k}.t AND c.pid = d{k}.i) \
+                 SELECT c.ctype, c.cid FROM d{k} CROSS JOIN parents c ON c.ptype = d{k}.t AND c.pid = d{k}.i) \
                  SELECT t, i FROM d{k}",
                 seeds.join(", ")
             )
@@ -161,16 +162,17 @@ fn set_sql(filter: &Filter, args: &mut Vec<String>, n: &mut usize) -> String {
             args.push(uid.id().unescaped().to_owned());
             format!(
                 "WITH RECURSIVE u{k} (t, i) AS (VALUES (?, ?) UNION \
-                 SELECT p.ptype, p.pid FROM parents p JOIN u{k} ON p.ctype = u{k}.t AND p.cid = u{k}.i) \
+                 SELECT p.ptype, p.pid FROM u{k} CROSS JOIN parents p ON p.ctype = u{k}.t AND p.cid = u{k}.i) \
                  SELECT t, i FROM u{k}"
             )
         }
+        // From the mentioned entities to those mentioning them, through the index on targets.
         Filter::Refers { attr, to } => {
             let inner = set_sql(to, args, n);
             args.push(attr.clone());
             format!(
                 "SELECT r{k}.stype AS t, r{k}.sid AS i FROM ({inner}) x{k} \
-                 JOIN refs r{k} ON r{k}.ttype = x{k}.t AND r{k}.tid = x{k}.i AND r{k}.attr = ?"
+                 CROSS JOIN refs r{k} ON r{k}.ttype = x{k}.t AND r{k}.tid = x{k}.i AND r{k}.attr = ?"
             )
         }
         Filter::And(parts) | Filter::Or(parts) => {
