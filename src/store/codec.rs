@@ -7,6 +7,9 @@
 use std::collections::HashMap;
 
 use cedar_policy::{Entity, EntityTypeName, EntityUid, Schema};
+use cedar_policy_core::entities::conformance::EntitySchemaConformanceChecker;
+use cedar_policy_core::extensions::Extensions;
+use cedar_policy_core::validator::CoreSchema;
 use serde_json::Value;
 
 use crate::storage::{QUOTA_ATTR, SIZE_ATTR};
@@ -29,8 +32,8 @@ pub struct Record {
 /// An entity decoded from its stored record, before its ancestors are resolved.
 #[derive(Debug)]
 pub struct Decoded {
-    /// The Cedar entity, with its direct parents only.
-    pub entity: Entity,
+    /// Cedar's core entity, with its direct parents only.
+    pub entity: cedar_policy_core::ast::Entity,
     /// Direct parents.
     pub parents: Vec<EntityUid>,
     /// Entities its attributes and tags refer to: where a policy may dereference next.
@@ -178,6 +181,10 @@ fn parse_items(
     schema: Option<&Schema>,
 ) -> Result<Vec<Record>, EntityError> {
     let mut out = Vec::with_capacity(items.len());
+    let core = schema.map(|s| CoreSchema::new(s.as_ref()));
+    let checker = core
+        .as_ref()
+        .map(|core| EntitySchemaConformanceChecker::new(core, Extensions::all_available()));
     for (i, item) in items.iter().enumerate() {
         let index = offset + i;
         let uid_hint = item.get("uid").and_then(super::materialize::uid);
@@ -191,8 +198,15 @@ fn parse_items(
             // `parse_batch`), and never stored: the schema is their source.
             continue;
         }
-        let entity =
-            Entity::from_json_value(item.clone(), schema).map_err(|e| fail(error_chain(&e)))?;
+        let fast = checker
+            .as_ref()
+            .and_then(|c| super::materialize::conforming(item, c));
+        let entity = match fast {
+            Some(entity) => Entity::from(entity),
+            None => {
+                Entity::from_json_value(item.clone(), schema).map_err(|e| fail(error_chain(&e)))?
+            }
+        };
         out.push(encode(&entity).map_err(fail)?);
     }
     Ok(out)
@@ -264,7 +278,10 @@ pub fn decode(uid: &EntityUid, body: &str) -> Result<Decoded, DecodeError> {
             }
             // No schema needed: the canonical JSON spells out every entity and extension value.
             let entity = Entity::from_json_value(json, None).map_err(|e| fail(error_chain(&e)))?;
-            (entity, refs)
+            (
+                AsRef::<cedar_policy_core::ast::Entity>::as_ref(&entity).clone(),
+                refs,
+            )
         }
     };
     Ok(Decoded {

@@ -39,7 +39,7 @@ impl Resolved {
 /// Closes `decoded` over its parents. `parents` holds each direct parent with its own resolved
 /// form, `None` when that parent is not stored.
 pub fn resolve(decoded: Decoded, parents: &[Option<Arc<Resolved>>]) -> Resolved {
-    let mut entity: ast::Entity = decoded.entity.as_ref().clone();
+    let mut entity = decoded.entity;
     for parent in parents.iter().flatten() {
         for ancestor in parent.ancestors() {
             // A no-op for a direct parent, which the entity already lists as one.

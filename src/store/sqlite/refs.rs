@@ -48,10 +48,18 @@ fn attr_refs(body: &str) -> Vec<(String, String, String)> {
     out
 }
 
-/// Replaces the reference rows of one entity (`body: None`: it was deleted).
-pub(super) fn write(conn: &Connection, key: &Key, body: Option<&str>) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM refs WHERE stype = ?1 AND sid = ?2")?
-        .execute([&key.0, &key.1])?;
+/// Replaces the reference rows of one entity (`body: None`: it was deleted); `existed`:
+/// whether it was stored before (a new entity has no rows to clear).
+pub(super) fn write(
+    conn: &Connection,
+    key: &Key,
+    body: Option<&str>,
+    existed: bool,
+) -> Result<(), StoreError> {
+    if existed {
+        conn.prepare_cached("DELETE FROM refs WHERE stype = ?1 AND sid = ?2")?
+            .execute([&key.0, &key.1])?;
+    }
     if let Some(body) = body {
         let mut put = conn.prepare_cached(
             "INSERT OR IGNORE INTO refs (stype, sid, attr, ttype, tid) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -70,7 +78,7 @@ pub(super) fn backfill(tx: &Transaction<'_>) -> Result<(), StoreError> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     for (ty, id, body) in rows {
-        write(tx, &(ty, id), Some(&body))?;
+        write(tx, &(ty, id), Some(&body), false)?;
     }
     Ok(())
 }
