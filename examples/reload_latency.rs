@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         limits: Limits::default(),
         activity: ActivityConfig::beside(&tmp.path().join("policyd.db")),
         analysis: Default::default(),
+        upstream: None,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let state = policyd::daemon::open(&config)?;

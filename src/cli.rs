@@ -9,6 +9,7 @@ use crate::config::{
     ActivityConfig, AnalysisConfig, Auth, Limits, ListenAddr, ReloadGuard, ServeConfig,
 };
 use crate::logging::LogFormat;
+use crate::upstream::fleet::FleetConfig;
 
 /// Cedar authorization sidecar.
 #[derive(Debug, Parser)]
@@ -47,6 +48,8 @@ pub enum Command {
     /// on, the principals that may act on a resource, or the actions one may take on another.
     #[command(subcommand)]
     Search(SearchCommand),
+    /// Fleet mode: create or update the upstream's tables, import a store into it, prune its log.
+    Upstream(UpstreamArgs),
     /// Format Cedar policy files in place (default: the policy directory's *.cedar); with
     /// --check, change nothing and exit 1 naming the files that would change.
     Fmt(FmtArgs),
@@ -133,6 +136,69 @@ pub struct ServeArgs {
     pub authzen_base_url: Option<String>,
     #[command(flatten)]
     pub solver: SolverArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Fleet mode: `serve --upstream` and its companions.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Fleet mode: the PostgreSQL database (postgres://...) that holds the entities; the local
+    /// --db becomes its replica.
+    #[arg(long, env = "POLICYD_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Longest a decision carrying a revision token waits for the replica to apply it.
+    #[arg(long, env = "POLICYD_CONSISTENCY_WAIT", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub consistency_wait: Duration,
+    /// Longest the replica may go without confirming it is caught up before decisions and
+    /// /readyz answer 503 `stale`.
+    #[arg(long, env = "POLICYD_MAX_STALENESS", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_staleness: Duration,
+    /// Answer decisions even when the replica is stale (logged at start).
+    #[arg(long, env = "POLICYD_SERVE_STALE")]
+    pub serve_stale: bool,
+}
+
+impl FleetArgs {
+    /// The fleet settings, when `--upstream` is given.
+    pub fn config(&self) -> Option<FleetConfig> {
+        self.upstream.as_ref().map(|url| FleetConfig {
+            url: url.clone(),
+            consistency_wait: self.consistency_wait,
+            max_staleness: self.max_staleness,
+            serve_stale: self.serve_stale,
+        })
+    }
+}
+
+/// `policyd upstream ...`: the upstream's tables and contents.
+#[derive(Debug, Args)]
+pub struct UpstreamArgs {
+    /// The PostgreSQL database (postgres://...).
+    #[arg(long, env = "POLICYD_UPSTREAM", global = true)]
+    pub upstream: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: UpstreamCommand,
+}
+
+/// The `upstream` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UpstreamCommand {
+    /// Create or update policyd's tables.
+    Migrate,
+    /// Copy every entity of a SQLite store up (migrating first).
+    Import {
+        /// The SQLite database file.
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Drop the change log's old revisions; replicas behind them copy a snapshot instead.
+    Prune {
+        /// Revisions kept in the change log.
+        #[arg(long)]
+        keep: i64,
+    },
 }
 
 /// Where the cvc5 solver is.
@@ -184,6 +250,7 @@ impl ServeArgs {
                 timeout: self.analysis_timeout,
                 cvc5: self.solver.cvc5.clone(),
             },
+            upstream: self.fleet.config(),
         })
     }
 }

@@ -137,6 +137,8 @@ pub struct ServeConfig {
     pub activity: ActivityConfig,
     /// Policy change analysis at reload.
     pub analysis: AnalysisConfig,
+    /// Fleet mode: the upstream this daemon's store replicates; `None`: standalone.
+    pub upstream: Option<crate::upstream::fleet::FleetConfig>,
 }
 
 /// What a reload does when the new policies allow something the served ones deny.

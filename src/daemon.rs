@@ -11,6 +11,7 @@ use crate::reload::Reloader;
 use crate::state::AppState;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
+use crate::upstream::{Fleet, UpstreamError};
 
 /// Why the daemon cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum StartError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The upstream settings are invalid (fleet mode).
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     /// Seeding the demo entities failed.
     #[error("seeding entities: {0}")]
     Seed(#[from] ImportError),
@@ -31,6 +35,25 @@ pub enum StartError {
 pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
     crate::reload::spawn(state, config.watch);
     tokio::spawn(sweep_reservations(state.clone()));
+    if let Some(fleet) = state.fleet.get() {
+        let settings = fleet.config();
+        tracing::info!(
+            consistency_wait = ?settings.consistency_wait,
+            max_staleness = ?settings.max_staleness,
+            upstream = ?fleet.upstream(),
+            "fleet mode: entity writes go to the upstream; this store is its replica"
+        );
+        if settings.serve_stale {
+            tracing::warn!(
+                "--serve-stale: decisions are answered even when the replica may be behind the \
+                 upstream; a removed permission can then still be granted"
+            );
+        }
+        tokio::spawn(crate::upstream::tail::run(
+            fleet.clone(),
+            state.store.clone(),
+        ));
+    }
 }
 
 /// Stops background work that must finish cleanly: cancels a running policy change analysis
@@ -51,6 +74,16 @@ async fn sweep_reservations(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
+        if let Some(fleet) = state.fleet.get() {
+            // Fleet mode: reservations are upstream; any sidecar's sweep serves all.
+            let now = crate::storage::now_micros();
+            match fleet.upstream().sweep_reservations(now, BATCH).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "swept expired storage reservations"),
+                Err(e) => tracing::debug!(error = %e, "sweeping upstream reservations failed"),
+            }
+            continue;
+        }
         let store = state.store.clone();
         let swept = tokio::task::spawn_blocking(move || {
             let now = crate::storage::now_micros();
@@ -110,7 +143,13 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         Box::new(SqliteStore::open(&config.db_path)?),
         config.entity_cache,
     );
-    if config.entities_dir.is_dir() {
+    let position = match &config.upstream {
+        Some(_) => store.replica_position()?,
+        None => None,
+    };
+    if config.upstream.is_some() {
+        tracing::info!("fleet mode: the store is a replica of the upstream; nothing is seeded");
+    } else if config.entities_dir.is_dir() {
         if let Some(n) =
             import::seed_if_empty(&store, snapshot.schema.as_ref(), &config.entities_dir)?
         {
@@ -127,12 +166,18 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
         tracing::info!("activity log off");
         ActivityLog::disabled()
     };
-    Ok(AppState::new(
+    let state = AppState::new(
         snapshot,
         store,
         config.limits.clone(),
         config.auth.clone(),
         Reloader::with_analysis(&config.policies_dir, config.analysis.clone()),
         activity,
-    ))
+    );
+    if let Some(fleet) = &config.upstream {
+        let fleet = Fleet::new(fleet.clone(), position)?;
+        // Only this start-up sets it.
+        let _ = state.fleet.set(Arc::new(fleet));
+    }
+    Ok(state)
 }

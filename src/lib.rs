@@ -27,6 +27,8 @@
 //! - [`logging`]: the log's format (`--log-format text|json`) and filter.
 //! - [`cli`]: command-line arguments.
 //! - [`uid`]: entity uids from text, fast for canonical forms and exactly as Cedar reads them.
+//! - [`upstream`]: fleet mode: PostgreSQL as the source of truth, the local store as its
+//!   replica, revision tokens.
 
 pub mod activity;
 pub mod analysis;
@@ -51,5 +53,6 @@ pub mod storage;
 pub mod store;
 pub mod synth;
 pub mod uid;
+pub mod upstream;
 
 pub use server::run;

@@ -7,7 +7,7 @@ use cedar_policy::EntityUid;
 use clap::Parser;
 use policyd::cli::{
     ActivityArgs, CheckArgs, Cli, Command, DiffArgs, FmtArgs, ImportArgs, SearchCommand,
-    SearchStore, ServeArgs, StorageArgs, TestArgs,
+    SearchStore, ServeArgs, StorageArgs, TestArgs, UpstreamArgs, UpstreamCommand,
 };
 use policyd::store::sqlite::SqliteStore;
 use policyd::store::{StorageLedger, Store};
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Test(args) => return test(args),
         Command::Fmt(args) => return fmt(args),
         Command::Search(command) => search(command),
+        Command::Upstream(args) => upstream(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +69,48 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server::run(listener, state.clone(), shutdown::signal()).await;
         daemon::finish(&state).await;
         tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// `policyd upstream migrate|import|prune`.
+fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
+    use policyd::upstream::{self, Upstream};
+    let url = args
+        .upstream
+        .context("--upstream (or POLICYD_UPSTREAM) is required: postgres://user@host/db")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let up = Upstream::new(&url, std::time::Duration::from_secs(300))?;
+        let mut client = up.client().await?;
+        let (from, to) = upstream::schema::migrate(&mut client).await?;
+        drop(client);
+        match args.command {
+            UpstreamCommand::Migrate if from == to => {
+                println!("upstream schema is current (version {to})")
+            }
+            UpstreamCommand::Migrate => {
+                println!("upstream schema migrated from version {from} to {to}")
+            }
+            UpstreamCommand::Import { db } => {
+                let done = upstream::import::import(&up, &db).await?;
+                match done.revision {
+                    Some(rev) => println!(
+                        "imported {} entities from {} up to revision {rev}",
+                        done.entities,
+                        db.display()
+                    ),
+                    None => println!("{} holds no entities; nothing imported", db.display()),
+                }
+            }
+            UpstreamCommand::Prune { keep } => {
+                let oldest = up.prune(keep).await?;
+                println!("the change log now starts at revision {oldest}");
+            }
+        }
         Ok(())
     })
 }

@@ -1,6 +1,6 @@
 //! The state every request handler shares: the current policy snapshot, the store, the limits.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
@@ -9,6 +9,7 @@ use crate::config::{Auth, Limits};
 use crate::policy::PolicySnapshot;
 use crate::reload::Reloader;
 use crate::store::Store;
+use crate::upstream::Fleet;
 
 /// Shared daemon state. Cheap to clone the `Arc` around it; never locked as a whole.
 pub struct AppState {
@@ -31,7 +32,9 @@ pub struct AppState {
     pub activity: Arc<ActivityLog>,
     /// Base URL of the AuthZEN endpoints (`--authzen-base-url`, else `http://<listen
     /// address>`), set once the listener is bound.
-    pub authzen_base: std::sync::OnceLock<String>,
+    pub authzen_base: OnceLock<String>,
+    /// Fleet mode (`--upstream`), set once at start; empty for a standalone daemon.
+    pub fleet: OnceLock<Arc<Fleet>>,
 }
 
 impl AppState {
@@ -52,7 +55,8 @@ impl AppState {
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),
-            authzen_base: std::sync::OnceLock::new(),
+            authzen_base: OnceLock::new(),
+            fleet: OnceLock::new(),
         })
     }
 

@@ -509,6 +509,7 @@ fn invalid_policies_refuse_to_start() {
             limits: Default::default(),
             activity: policyd::config::ActivityConfig::beside(&tmp.path().join("db")),
             analysis: Default::default(),
+            upstream: None,
         };
         let Err(err) = policyd::daemon::open(&config) else {
             panic!("{policy} was served");

@@ -35,8 +35,15 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     let n = records.len();
     let uids: Vec<EntityUid> = records.iter().map(|r| r.uid.clone()).collect();
     let log = state.activity.enabled();
+    let revision = match state.fleet.get() {
+        Some(fleet) => Some(fleet.upsert(&records).await?),
+        None => None,
+    };
+    let local = revision.is_none();
     let orgs = on_store(&state.store, move |store| {
-        store.upsert(&records)?;
+        if local {
+            store.upsert(&records)?;
+        }
         if log {
             organizations(store, &uids)
         } else {
@@ -50,10 +57,11 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             .activity
             .record(change(Kind::EntityUpsert, &uid, org, &snapshot.revision));
     }
-    Ok(json::respond(
-        StatusCode::OK,
-        &json!({ "upserted": n, "actions_matched": actions }),
-    ))
+    let mut answer = json!({ "upserted": n, "actions_matched": actions });
+    if let Some(revision) = revision {
+        answer["revision"] = json!(revision);
+    }
+    Ok(json::respond(StatusCode::OK, &answer))
 }
 
 /// The stored entity, in Cedar entity JSON. With a schema, an action is answered from the
@@ -88,6 +96,7 @@ pub async fn delete(
     let shown = uid.to_string();
     let target = uid.clone();
     let log = state.activity.enabled();
+    let local = state.fleet.get().is_none();
     let (removed, org) = on_store(&state.store, move |store| {
         // Resolved first: once deleted, the entity no longer leads to its organization.
         let org = if log {
@@ -95,10 +104,15 @@ pub async fn delete(
         } else {
             None
         };
-        Ok::<_, StoreError>((store.delete(&uid)?, org))
+        Ok::<_, StoreError>((local && store.delete(&uid)?, org))
     })
     .await?;
-    if !removed {
+    // Fleet mode: the upstream decides whether it was stored, and the replica follows.
+    let upstream_revision = match state.fleet.get() {
+        Some(fleet) => fleet.delete(&target).await?,
+        None => None,
+    };
+    if !removed && upstream_revision.is_none() {
         return Err(ApiError::NotFound(format!("entity {shown} is not stored")));
     }
     tracing::info!(entity = %shown, "entity deleted");
@@ -106,7 +120,10 @@ pub async fn delete(
     state
         .activity
         .record(change(Kind::EntityDelete, &target, org, &revision));
-    Ok(json::empty(StatusCode::NO_CONTENT))
+    Ok(match upstream_revision {
+        Some(token) => json::respond(StatusCode::OK, &json!({ "revision": token })),
+        None => json::empty(StatusCode::NO_CONTENT),
+    })
 }
 
 /// The organization of each written entity, sharing lookups between entities of one write.

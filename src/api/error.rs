@@ -9,6 +9,8 @@ use crate::search::SearchError;
 use crate::search::token::TokenError;
 use crate::store::StoreError;
 use crate::store::codec::EntityError;
+use crate::upstream::UpstreamError;
+use crate::upstream::fleet::FleetError;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,16 @@ pub enum ApiError {
     /// The daemon cannot serve yet.
     #[error("{0}")]
     NotReady(String),
+    /// Fleet mode: the replica is not known to be caught up; never a stale answer.
+    #[error("{0}")]
+    Stale(String),
+    /// Fleet mode: the replica has not applied a token's revision within the wait.
+    #[error("{0}")]
+    RevisionNotApplied(String),
+    /// Fleet mode: the upstream did not take a write (nothing, or possibly everything, was
+    /// committed when it timed out).
+    #[error("{0}")]
+    UpstreamUnavailable(String),
     /// A failure inside the daemon; details are logged, not leaked.
     #[error("internal error: {0}")]
     Internal(String),
@@ -154,11 +166,35 @@ impl From<SearchError> for ApiError {
     }
 }
 
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::Stale(m) => ApiError::Stale(m),
+            e @ FleetError::NotApplied { .. } => ApiError::RevisionNotApplied(e.to_string()),
+            FleetError::BadToken(message) => ApiError::InvalidField {
+                field: "consistency.at_least".to_owned(),
+                message,
+            },
+        }
+    }
+}
+
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         ApiError::InvalidField {
             field: "page.token".to_owned(),
             message: e.to_string(),
+        }
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Cycle(_) => ApiError::HierarchyCycle(e.to_string()),
+            UpstreamError::Store(s) => s.into(),
+            UpstreamError::Schema(_) => ApiError::Internal(e.to_string()),
+            other => ApiError::UpstreamUnavailable(other.to_string()),
         }
     }
 }
@@ -200,6 +236,13 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Stale(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
+            ApiError::RevisionNotApplied(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "revision_not_applied")
+            }
+            ApiError::UpstreamUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

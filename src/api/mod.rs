@@ -6,6 +6,7 @@
 mod activity;
 mod authzen;
 mod authzen_input;
+mod consistency;
 mod decisions;
 mod entities;
 pub mod error;
@@ -235,15 +236,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             policies::reload(state, &body(state, req).await?).await
         }
         (["v1", "is_authorized"], &Method::POST) => {
-            decisions::single(state, &body(state, req).await?).await
+            let at_least = consistency::header(&req);
+            decisions::single(state, at_least, &body(state, req).await?).await
         }
         (["v1", "is_authorized", "batch"], &Method::POST) => {
-            decisions::batch(state, &body(state, req).await?).await
+            let at_least = consistency::header(&req);
+            decisions::batch(state, at_least, &body(state, req).await?).await
         }
         (["v1", "entities"], &Method::PUT) => entities::put(state, &body(state, req).await?).await,
         (["v1", "entities", ty, id], &Method::GET) => entities::get(state, ty, id).await,
         (["v1", "entities", ty, id], &Method::DELETE) => entities::delete(state, ty, id).await,
-        (["v1", "activity"], &Method::GET) => activity::list(state, req.uri().query()).await,
+        (["v1", "activity"], &Method::GET) => {
+            consistency::gate(state, None, consistency::header(&req)).await?;
+            activity::list(state, req.uri().query()).await
+        }
         (["v1", "storage", "check"], &Method::POST) => {
             storage::check(state, &body(state, req).await?).await
         }
@@ -254,15 +260,22 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             storage::release(state, id).await
         }
         (["v1", "storage", ty, id], &Method::GET) => {
+            consistency::gate(state, None, consistency::header(&req)).await?;
             storage::totals(state, ty, id, req.uri().query()).await
         }
         (["access", "v1", "evaluation"], &Method::POST) => {
+            // Fleet mode: held to the token and to freshness like native decisions.
+            consistency::gate(state, None, consistency::header(&req)).await?;
             authzen::evaluation(state, &body(state, req).await?).await
         }
         (["access", "v1", "evaluations"], &Method::POST) => {
+            // Fleet mode: held to the token and to freshness like native decisions.
+            consistency::gate(state, None, consistency::header(&req)).await?;
             authzen::evaluations(state, &body(state, req).await?).await
         }
         (["access", "v1", "search", "subject"], &Method::POST) => {
+            // Fleet mode: held to the token and to freshness like native decisions.
+            consistency::gate(state, None, consistency::header(&req)).await?;
             authzen::search(
                 state,
                 &body(state, req).await?,
@@ -271,6 +284,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             .await
         }
         (["access", "v1", "search", "resource"], &Method::POST) => {
+            // Fleet mode: held to the token and to freshness like native decisions.
+            consistency::gate(state, None, consistency::header(&req)).await?;
             authzen::search(
                 state,
                 &body(state, req).await?,
@@ -279,6 +294,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body
             .await
         }
         (["access", "v1", "search", "action"], &Method::POST) => {
+            // Fleet mode: held to the token and to freshness like native decisions.
+            consistency::gate(state, None, consistency::header(&req)).await?;
             authzen::search_actions(state, &body(state, req).await?).await
         }
         ([".well-known", "authzen-configuration"], &Method::GET) => {

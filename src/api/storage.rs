@@ -1,5 +1,6 @@
 //! Storage routes: per-organization and per-project totals (for callers the policies allow to
-//! `view_storage`), quota checks, and reservations for uploads in flight.
+//! `view_storage`), quota checks, and reservations for uploads in flight. In fleet mode quota
+//! checks and reservations are decided upstream (see [`crate::upstream::ledger`]).
 
 use std::collections::BTreeMap;
 
@@ -43,7 +44,7 @@ pub async fn totals(
     let allowed = permitted(state, &snapshot, query).await?;
     let now = storage::now_micros();
     let target = entity.clone();
-    let (usage, projects) = on_store(&state.store, move |store| {
+    let (usage, mut projects) = on_store(&state.store, move |store| {
         let Some(usage) = store.ledger().usage(&target, now)? else {
             return Ok::<_, crate::store::StoreError>((None, vec![]));
         };
@@ -58,11 +59,18 @@ pub async fn totals(
         Ok((Some(usage), projects))
     })
     .await?;
-    let Some(usage) = usage else {
+    let Some(mut usage) = usage else {
         return Err(ApiError::NotFound(format!("{entity} is not stored")));
     };
     if !allowed {
         return Err(forbidden(&principal, VIEW_STORAGE, &entity));
+    }
+    // Fleet mode: reservations are held upstream, for the whole fleet.
+    if let Some(fleet) = state.fleet.get() {
+        usage.reserved = fleet.upstream().reserved(&entity, now).await?;
+        for (p, u) in &mut projects {
+            u.reserved = fleet.upstream().reserved(p, now).await?;
+        }
     }
     let body = if ty == ORGANIZATION_TYPE {
         organization_json(&entity, &usage, projects)
@@ -133,10 +141,15 @@ pub async fn check(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body
     let add = json::non_negative(map.get("add_bytes"), "add_bytes")?;
     let shown = project.to_string();
     let now = storage::now_micros();
-    let checked = on_store(&state.store, move |s| {
-        s.ledger().check_quota(&project, add, now)
-    })
-    .await?;
+    let checked = match state.fleet.get() {
+        Some(fleet) => fleet.upstream().check_quota(&project, add, now).await?,
+        None => {
+            on_store(&state.store, move |s| {
+                s.ledger().check_quota(&project, add, now)
+            })
+            .await?
+        }
+    };
     let checked =
         checked.ok_or_else(|| ApiError::NotFound(format!("project {shown} is not stored")))?;
     Ok(json::respond(StatusCode::OK, &check_json(&checked)))
@@ -171,11 +184,21 @@ pub async fn reserve(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bo
     };
     let shown = project.to_string();
     let now = storage::now_micros();
-    let outcome = on_store(&state.store, move |s| {
-        s.ledger()
-            .reserve(&project, bytes, ttl * 1_000_000, key.as_deref(), now)
-    })
-    .await?;
+    let outcome = match state.fleet.get() {
+        Some(fleet) => {
+            fleet
+                .upstream()
+                .reserve(&project, bytes, ttl * 1_000_000, key.as_deref(), now)
+                .await?
+        }
+        None => {
+            on_store(&state.store, move |s| {
+                s.ledger()
+                    .reserve(&project, bytes, ttl * 1_000_000, key.as_deref(), now)
+            })
+            .await?
+        }
+    };
     match outcome {
         ReserveOutcome::Created(r) => {
             tracing::info!(id = %r.id, project = %r.project, bytes = r.bytes, "storage reserved");
@@ -199,7 +222,10 @@ pub async fn reserve(state: &AppState, body: &[u8]) -> Result<hyper::Response<Bo
 /// `DELETE /v1/storage/reservations/{id}`.
 pub async fn release(state: &AppState, id: &str) -> Result<hyper::Response<Body>, ApiError> {
     let owned = id.to_owned();
-    let released = on_store(&state.store, move |s| s.ledger().release(&owned)).await?;
+    let released = match state.fleet.get() {
+        Some(fleet) => fleet.upstream().release(id).await?,
+        None => on_store(&state.store, move |s| s.ledger().release(&owned)).await?,
+    };
     if !released {
         return Err(ApiError::NotFound(format!("no reservation {id}")));
     }

@@ -9,6 +9,7 @@ mod actions;
 mod cache;
 pub mod codec;
 mod materialize;
+pub mod replica;
 pub mod resolve;
 mod slice;
 pub mod sqlite;
@@ -45,6 +46,9 @@ pub enum StoreError {
     /// A stored entity could not be read back.
     #[error(transparent)]
     Corrupt(#[from] codec::DecodeError),
+    /// The backend cannot do this (like a backend that cannot be a fleet replica).
+    #[error("this store cannot {0}")]
+    Unsupported(&'static str),
 }
 
 /// What a committed write changed, as far as cached ancestor closures are concerned.
@@ -102,6 +106,15 @@ pub trait EntityStore: Send + Sync {
         ids.sort();
         ids.truncate(limit);
         Ok(ids)
+    }
+    /// Applies a batch of upstream changes and records its position, in one transaction (fleet
+    /// mode, see [`replica`]).
+    fn replicate(&self, _batch: &replica::Replicated) -> Result<WriteEffect, StoreError> {
+        Err(StoreError::Unsupported("be a fleet replica"))
+    }
+    /// The replica position last recorded by [`EntityStore::replicate`]; `None` when none was.
+    fn replica_position(&self) -> Result<Option<replica::Position>, StoreError> {
+        Ok(None)
     }
 }
 
@@ -182,6 +195,22 @@ impl Store {
         self.cache
             .write(&uids, || self.backend.upsert(records), |e| invalidate(*e))
             .map(drop)
+    }
+
+    /// Applies a batch of upstream changes (fleet mode); once this returns, every decision sees
+    /// them.
+    pub fn replicate(&self, batch: &replica::Replicated) -> Result<(), StoreError> {
+        let uids: Vec<&EntityUid> = (batch.upserts.iter().map(|r| &r.uid))
+            .chain(&batch.deletes)
+            .collect();
+        self.cache
+            .write(&uids, || self.backend.replicate(batch), |e| invalidate(*e))
+            .map(drop)
+    }
+
+    /// Where this replica stands (fleet mode); `None` when it never applied a batch.
+    pub fn replica_position(&self) -> Result<Option<replica::Position>, StoreError> {
+        self.backend.replica_position()
     }
 
     /// Deletes one entity; once this returns, no decision sees it. `false` when it was absent.

@@ -110,6 +110,7 @@ impl Daemon {
                 ..ActivityConfig::beside(&dir.path().join("data/policyd.db"))
             },
             analysis: setup.analysis,
+            upstream: None,
         };
         let state = tokio::task::block_in_place(|| policyd::daemon::open(&config)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -234,19 +235,32 @@ pub struct Client(pub SocketAddr);
 impl Client {
     /// Sends raw bytes as JSON; returns the status and the JSON body (Null when empty).
     pub async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        self.call_with(method, path, &[], body).await
+    }
+
+    /// [`Client::call`] with extra headers.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let stream = TcpStream::connect(self.0).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "policyd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();

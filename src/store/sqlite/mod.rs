@@ -15,8 +15,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 mod accounting;
 mod ledger;
 pub mod refs;
+mod replica;
 
 use super::codec::{DecodeError, Record};
+use super::replica::{Position, Replicated};
 use super::{EntityStore, StorageLedger, StoreError, WriteEffect};
 use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
@@ -252,104 +254,113 @@ fn record_from_row(ty: &str, id: &str, body: String) -> Result<Record, StoreErro
     Ok(Record::from_stored(stored_uid(ty, id)?, body)?)
 }
 
+/// Inserts or replaces `records` in the caller's write transaction (see [`EntityStore::upsert`]).
+fn upsert_in(
+    tx: &rusqlite::Transaction<'_>,
+    records: &[Record],
+) -> Result<WriteEffect, StoreError> {
+    let mut put = tx.prepare_cached(
+        "INSERT INTO entities (etype, eid, body, size, quota) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (etype, eid) DO UPDATE
+         SET body = excluded.body, size = excluded.size, quota = excluded.quota",
+    )?;
+    let mut clear = tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?;
+    let mut edge = tx.prepare_cached(
+        "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut dirty = Dirty::default();
+    let mut moved = Vec::new();
+    let mut keys = Vec::with_capacity(records.len());
+    for r in records {
+        let k = key(&r.uid);
+        let was = accounting::before(tx, &k)?;
+        put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
+        refs::write(tx, &k, Some(&r.body), was.existed())?;
+        if was.existed() {
+            clear.execute(params![k.0, k.1])?;
+        }
+        let mut parents: Vec<Key> = r.parents.iter().map(key).collect();
+        for (pty, pid) in &parents {
+            edge.execute(params![k.0, k.1, pty, pid])?;
+        }
+        parents.sort();
+        parents.dedup();
+        if was.parents_of_stored() != parents.as_slice() {
+            moved.push(k.clone());
+        }
+        dirty.note(&k, &was, Some((r.size, &parents)));
+        keys.push(k);
+    }
+    // Asked once per written entity, after all edges are in, inside the write lock.
+    let mut has_children =
+        tx.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
+    let mut parents_of_something = HashSet::new();
+    for k in &keys {
+        if has_children.exists(params![k.0, k.1])? {
+            parents_of_something.insert(k.clone());
+        }
+    }
+    // Checked after all edges are in, so a cycle made of several entities of one write, or of
+    // two concurrent writes, is caught too. Only an entity something points to can be on a
+    // cycle.
+    let mut cyclic = tx.prepare_cached(
+        "WITH RECURSIVE up (t, i) AS (
+             SELECT ptype, pid FROM parents WHERE ctype = ?1 AND cid = ?2
+             UNION
+             SELECT p.ptype, p.pid FROM parents p JOIN up ON p.ctype = up.t AND p.cid = up.i
+         )
+         SELECT 1 FROM up WHERE t = ?1 AND i = ?2 LIMIT 1",
+    )?;
+    for (r, k) in records.iter().zip(&keys) {
+        if !r.parents.is_empty()
+            && parents_of_something.contains(k)
+            && cyclic.exists(params![k.0, k.1])?
+        {
+            return Err(StoreError::Cycle(r.uid.to_string()));
+        }
+    }
+    let effect = WriteEffect {
+        hierarchy_changed: moved.iter().any(|k| parents_of_something.contains(k)),
+    };
+    dirty.apply(tx, |k| Ok(parents_of_something.contains(k)))?;
+    Ok(effect)
+}
+
+/// Removes one entity in the caller's write transaction; `None` when it was absent.
+fn delete_in(
+    tx: &rusqlite::Transaction<'_>,
+    uid: &EntityUid,
+) -> Result<Option<WriteEffect>, StoreError> {
+    let k = key(uid);
+    let was = accounting::before(tx, &k)?;
+    let n = tx
+        .prepare_cached("DELETE FROM entities WHERE etype = ?1 AND eid = ?2")?
+        .execute(params![k.0, k.1])?;
+    if n == 0 {
+        return Ok(None);
+    }
+    tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?
+        .execute(params![k.0, k.1])?;
+    refs::write(tx, &k, None, true)?;
+    let has_children = |k: &Key| -> Result<bool, StoreError> {
+        Ok(tx
+            .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
+            .exists(params![k.0, k.1])?)
+    };
+    let hierarchy_changed = !was.parents_of_stored().is_empty() && has_children(&k)?;
+    let mut dirty = Dirty::default();
+    dirty.note(&k, &was, None);
+    dirty.apply(tx, has_children)?;
+    Ok(Some(WriteEffect { hierarchy_changed }))
+}
+
 impl EntityStore for SqliteStore {
     fn upsert(&self, records: &[Record]) -> Result<WriteEffect, StoreError> {
-        self.write(|tx| {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO entities (etype, eid, body, size, quota) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (etype, eid) DO UPDATE
-                 SET body = excluded.body, size = excluded.size, quota = excluded.quota",
-            )?;
-            let mut clear =
-                tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?;
-            let mut edge = tx.prepare_cached(
-                "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut dirty = Dirty::default();
-            let mut moved = Vec::new();
-            let mut keys = Vec::with_capacity(records.len());
-            for r in records {
-                let k = key(&r.uid);
-                let was = accounting::before(tx, &k)?;
-                put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
-                refs::write(tx, &k, Some(&r.body), was.existed())?;
-                if was.existed() {
-                    clear.execute(params![k.0, k.1])?;
-                }
-                let mut parents: Vec<Key> = r.parents.iter().map(key).collect();
-                for (pty, pid) in &parents {
-                    edge.execute(params![k.0, k.1, pty, pid])?;
-                }
-                parents.sort();
-                parents.dedup();
-                if was.parents_of_stored() != parents.as_slice() {
-                    moved.push(k.clone());
-                }
-                dirty.note(&k, &was, Some((r.size, &parents)));
-                keys.push(k);
-            }
-            // Asked once per written entity, after all edges are in, inside the write lock.
-            let mut has_children =
-                tx.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
-            let mut parents_of_something = HashSet::new();
-            for k in &keys {
-                if has_children.exists(params![k.0, k.1])? {
-                    parents_of_something.insert(k.clone());
-                }
-            }
-            // Checked after all edges are in, so a cycle made of several entities of one write,
-            // or of two concurrent writes, is caught too. Only an entity something points to
-            // can be on a cycle.
-            let mut cyclic = tx.prepare_cached(
-                "WITH RECURSIVE up (t, i) AS (
-                     SELECT ptype, pid FROM parents WHERE ctype = ?1 AND cid = ?2
-                     UNION
-                     SELECT p.ptype, p.pid FROM parents p JOIN up ON p.ctype = up.t AND p.cid = up.i
-                 )
-                 SELECT 1 FROM up WHERE t = ?1 AND i = ?2 LIMIT 1",
-            )?;
-            for (r, k) in records.iter().zip(&keys) {
-                if !r.parents.is_empty()
-                    && parents_of_something.contains(k)
-                    && cyclic.exists(params![k.0, k.1])?
-                {
-                    return Err(StoreError::Cycle(r.uid.to_string()));
-                }
-            }
-            let effect = WriteEffect {
-                hierarchy_changed: moved.iter().any(|k| parents_of_something.contains(k)),
-            };
-            dirty.apply(tx, |k| Ok(parents_of_something.contains(k)))?;
-            Ok(effect)
-        })
+        self.write(|tx| upsert_in(tx, records))
     }
 
     fn delete(&self, uid: &EntityUid) -> Result<Option<WriteEffect>, StoreError> {
-        let k = key(uid);
-        self.write(|tx| {
-            let was = accounting::before(tx, &k)?;
-            let n = tx
-                .prepare_cached("DELETE FROM entities WHERE etype = ?1 AND eid = ?2")?
-                .execute(params![k.0, k.1])?;
-            if n == 0 {
-                return Ok(None);
-            }
-            tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?
-                .execute(params![k.0, k.1])?;
-            refs::write(tx, &k, None, true)?;
-            let hierarchy_changed = !was.parents_of_stored().is_empty()
-                && tx
-                    .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
-                    .exists(params![k.0, k.1])?;
-            let mut dirty = Dirty::default();
-            dirty.note(&k, &was, None);
-            dirty.apply(tx, |k| {
-                Ok(tx
-                    .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
-                    .exists(params![k.0, k.1])?)
-            })?;
-            Ok(Some(WriteEffect { hierarchy_changed }))
-        })
+        self.write(|tx| delete_in(tx, uid))
     }
 
     fn get(&self, uid: &EntityUid) -> Result<Option<Record>, StoreError> {
@@ -385,6 +396,14 @@ impl EntityStore for SqliteStore {
     /// Reads come from the database file, through the OS page cache.
     fn reads_inline(&self) -> bool {
         true
+    }
+
+    fn replicate(&self, batch: &Replicated) -> Result<WriteEffect, StoreError> {
+        self.apply_replicated(batch)
+    }
+
+    fn replica_position(&self) -> Result<Option<Position>, StoreError> {
+        self.position()
     }
 
     fn ping(&self) -> Result<(), StoreError> {

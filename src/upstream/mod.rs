@@ -1,0 +1,135 @@
+//! Fleet mode: PostgreSQL as the one source of truth for a fleet of sidecars.
+//!
+//! With `serve --upstream postgres://...` entity writes go to PostgreSQL in one transaction
+//! each, which takes the next revision from a single counter row and appends its full change
+//! rows under that revision ([`write`]). The local SQLite store becomes a replica that
+//! decisions keep reading: [`tail`] follows the change log by revision (LISTEN/NOTIFY only
+//! wakes it), copies a consistent snapshot when the replica is new, far behind or behind the
+//! pruned part of the log, and applies everything through the store's write path so the entity
+//! cache invalidates as for a local write. [`token`] makes the revision tokens that let a
+//! caller ask for a decision at least as fresh as a write; [`fleet`] holds the replica's state
+//! (applied revision, last confirmed catch-up) that decisions consult.
+//!
+//! [`schema`] creates and migrates policyd's tables (`policyd upstream migrate`), and
+//! [`import`] moves an existing SQLite store up (`policyd upstream import`).
+
+pub mod fleet;
+pub mod import;
+pub mod ledger;
+pub mod schema;
+pub mod tail;
+pub mod token;
+pub mod write;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use fleet::Fleet;
+
+/// The channel writes notify (the payload is the new revision) and replicas listen on.
+pub const CHANNEL: &str = "policyd_revisions";
+
+/// Most pooled connections a sidecar opens for writes and quota decisions.
+const POOL_SIZE: usize = 8;
+
+/// What talking to the upstream can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The URL is not a PostgreSQL connection string.
+    #[error("upstream URL is invalid: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// PostgreSQL refused or failed a statement, or the connection broke.
+    #[error("upstream database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had.
+    #[error("upstream unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The upstream did not answer in time.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The upstream's tables are missing, or newer than this policyd.
+    #[error("upstream schema: {0}")]
+    Schema(String),
+    /// A write would make an entity its own ancestor.
+    #[error("writing {0} would make it its own ancestor (a cycle in the parent hierarchy)")]
+    Cycle(String),
+    /// The local store failed (import, replica apply).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A connection pool to the upstream, for writes and quota decisions.
+#[derive(Clone)]
+pub struct Upstream {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: only where it points is shown.
+        f.debug_struct("Upstream")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// A pool for `url` (no connection is made yet). `timeout` bounds each connect and each
+    /// wait for a pooled connection.
+    pub fn new(url: &str, timeout: Duration) -> Result<Upstream, UpstreamError> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(UpstreamError::Url)?;
+        config.application_name("policyd");
+        config.connect_timeout(timeout);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| UpstreamError::Schema(format!("cannot build the connection pool: {e}")))?;
+        Ok(Upstream {
+            pool,
+            config,
+            timeout,
+        })
+    }
+
+    /// A pooled connection.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, UpstreamError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The connection settings, for the replica's own (listening) connection.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// How long one upstream operation may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `op` within the upstream timeout.
+    pub async fn timed<T>(
+        &self,
+        op: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+}
