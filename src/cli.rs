@@ -44,6 +44,10 @@ pub enum Command {
     /// Run policy test files (default: the policy directory's tests/*.json): exit 0 when every
     /// case passes, 1 when one fails, 2 when a file or the policies cannot be run.
     Test(TestArgs),
+    /// Who may do what, from the store and the policies: the resources a principal may act
+    /// on, the principals that may act on a resource, or the actions one may take on another.
+    #[command(subcommand)]
+    Search(SearchCommand),
     /// Fleet mode: create or update the upstream's tables, import a store into it, prune its log.
     Upstream(UpstreamArgs),
     /// Format Cedar policy files in place (default: the policy directory's *.cedar); with
@@ -126,6 +130,10 @@ pub struct ServeArgs {
     /// Longest the analysis of one reload may take before it is reported as unavailable.
     #[arg(long, env = "POLICYD_ANALYSIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub analysis_timeout: Duration,
+    /// Base URL the AuthZEN metadata (`/.well-known/authzen-configuration`) names its endpoints
+    /// under (default `http://<listen address>`).
+    #[arg(long, env = "POLICYD_AUTHZEN_BASE_URL")]
+    pub authzen_base_url: Option<String>,
     #[command(flatten)]
     pub solver: SolverArgs,
     #[command(flatten)]
@@ -350,4 +358,77 @@ pub struct FmtArgs {
     pub policies: PathBuf,
     /// Cedar policy files, or directories of *.cedar files (default: the --policies directory).
     pub paths: Vec<PathBuf>,
+}
+
+/// `policyd search`.
+#[derive(Debug, Subcommand)]
+pub enum SearchCommand {
+    /// The stored entities of --type on which --principal may take --action.
+    Resources(SearchResourcesArgs),
+    /// The stored entities of --type that may take --action on --resource.
+    Subjects(SearchSubjectsArgs),
+    /// The schema actions --principal may take on --resource.
+    Actions(SearchActionsArgs),
+}
+
+/// Where `policyd search` reads from.
+#[derive(Debug, Args)]
+pub struct SearchStore {
+    /// SQLite database file.
+    #[arg(long, env = "POLICYD_DB", default_value = "data/policyd.db")]
+    pub db: PathBuf,
+    /// Directory of *.cedar policies and the *.cedarschema schema.
+    #[arg(long, env = "POLICYD_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Cedar context JSON (an object) the decisions are made with.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Most results printed (default: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// `policyd search resources`.
+#[derive(Debug, Args)]
+pub struct SearchResourcesArgs {
+    /// The principal, as a Cedar uid: 'User::"bob"'.
+    #[arg(long)]
+    pub principal: String,
+    /// The action: `view` or 'Action::"view"'.
+    #[arg(long)]
+    pub action: String,
+    /// The resource entity type, like Dataset.
+    #[arg(long = "type")]
+    pub ty: String,
+    #[command(flatten)]
+    pub from: SearchStore,
+}
+
+/// `policyd search subjects`.
+#[derive(Debug, Args)]
+pub struct SearchSubjectsArgs {
+    /// The resource, as a Cedar uid: 'Dataset::"d1"'.
+    #[arg(long)]
+    pub resource: String,
+    /// The action: `view` or 'Action::"view"'.
+    #[arg(long)]
+    pub action: String,
+    /// The principal entity type, like User.
+    #[arg(long = "type")]
+    pub ty: String,
+    #[command(flatten)]
+    pub from: SearchStore,
+}
+
+/// `policyd search actions`.
+#[derive(Debug, Args)]
+pub struct SearchActionsArgs {
+    /// The principal, as a Cedar uid: 'User::"bob"'.
+    #[arg(long)]
+    pub principal: String,
+    /// The resource, as a Cedar uid: 'Dataset::"d1"'.
+    #[arg(long)]
+    pub resource: String,
+    #[command(flatten)]
+    pub from: SearchStore,
 }

@@ -54,6 +54,20 @@ pub async fn decide(
     queries: &[Query],
     deadline: Duration,
 ) -> Result<Vec<Outcome>, EngineError> {
+    decide_overriding(store, snapshot, queries, deadline, Vec::new()).await
+}
+
+/// [`decide`], with `overrides` standing in for the stored entities of the same uids (or
+/// joining the slice when there is none): entities given with a request, never stored. Each
+/// override must come with its ancestors closed, and the entities its attributes mention must
+/// be among the queries' roots.
+pub async fn decide_overriding(
+    store: &Arc<Store>,
+    snapshot: &PolicySnapshot,
+    queries: &[Query],
+    deadline: Duration,
+    overrides: Vec<Arc<ast::Entity>>,
+) -> Result<Vec<Outcome>, EngineError> {
     let started = Instant::now();
     let roots = roots(queries);
     let depth = snapshot.deref_depth;
@@ -68,6 +82,11 @@ pub async fn decide(
             }
         }
     };
+    let mut slice = slice;
+    if !overrides.is_empty() {
+        slice.retain(|e| !overrides.iter().any(|o| o.uid() == e.uid()));
+        slice.extend(overrides);
+    }
     let outcomes = evaluate(snapshot, queries, slice)?;
     if started.elapsed() > deadline {
         return Err(EngineError::Deadline(deadline));

@@ -11,6 +11,8 @@
 //! - [`authz`]: the pure decision core, (request, snapshot, entities) -> decision.
 //! - [`store`]: the entity store interface, its SQLite backend, the parsed-entity cache,
 //!   decision slicing, and the checks of entity writes (action entities against the schema).
+//! - [`search`]: permission search (resources, subjects, actions), exact and narrowed by
+//!   Cedar's partial evaluation.
 //! - [`engine`]: joins the two: slices the store for queries and decides them on one snapshot.
 //! - [`api`]: HTTP routes, JSON types, and the one mapping from errors to statuses.
 //! - [`server`]: the accept loop and graceful drain; [`shutdown`]: the stop signal.
@@ -45,6 +47,7 @@ pub mod policy;
 pub mod policy_test;
 pub mod reload;
 pub mod report;
+pub mod search;
 pub mod server;
 pub mod shutdown;
 pub mod state;

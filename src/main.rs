@@ -6,8 +6,8 @@ use anyhow::Context;
 use cedar_policy::EntityUid;
 use clap::Parser;
 use policyd::cli::{
-    ActivityArgs, CheckArgs, Cli, Command, DiffArgs, FmtArgs, ImportArgs, ServeArgs, StorageArgs,
-    TestArgs, UpstreamArgs, UpstreamCommand,
+    ActivityArgs, CheckArgs, Cli, Command, DiffArgs, FmtArgs, ImportArgs, SearchCommand,
+    SearchStore, ServeArgs, StorageArgs, TestArgs, UpstreamArgs, UpstreamCommand,
 };
 use policyd::store::sqlite::SqliteStore;
 use policyd::store::{StorageLedger, Store};
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Activity(args) => activity(args),
         Command::Test(args) => return test(args),
         Command::Fmt(args) => return fmt(args),
+        Command::Search(command) => search(command),
         Command::Upstream(args) => upstream(args),
     };
     match result {
@@ -57,6 +58,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.describe();
+        let base = args
+            .authzen_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let _ = state.authzen_base.set(base);
         let token = config.auth.token.is_some();
         tracing::info!(%addr, token, open_decisions = config.auth.open_decisions, "policyd listening");
         daemon::spawn_background(&state, &config);
@@ -343,6 +349,95 @@ fn activity(args: ActivityArgs) -> anyhow::Result<()> {
     };
     let page = policyd::activity::ActivityLog::reader(&path).query(&filter)?;
     print!("{}", report::activity(&args.org, &page.records));
+    Ok(())
+}
+
+/// `policyd search`: decided by the same path as `serve` (see [`policyd::search`]).
+fn search(command: SearchCommand) -> anyhow::Result<()> {
+    use policyd::search::{SearchQuery, Side};
+    let parse_uid = |what: &str, s: &str| -> anyhow::Result<EntityUid> {
+        s.parse().map_err(|e| {
+            anyhow::anyhow!("--{what} `{s}` is not a Cedar uid like User::\"bob\": {e}")
+        })
+    };
+    let parse_action = |s: &str| -> anyhow::Result<EntityUid> {
+        if s.contains("::") {
+            parse_uid("action", s)
+        } else {
+            policyd::uid::from_parts("Action", s).map_err(anyhow::Error::msg)
+        }
+    };
+    let open = |from: &SearchStore| -> anyhow::Result<(Store, policy::PolicySnapshot, Option<serde_json::Value>)> {
+        let snapshot = policy::load_dir(&from.policies)
+            .map_err(|e| anyhow::anyhow!("cannot load the policies:\n{}", lines(&e.errors())))?;
+        anyhow::ensure!(from.db.exists(), "no store at {}", from.db.display());
+        let store = Store::new(Box::new(SqliteStore::open(&from.db)?), 64 << 20);
+        let context = from
+            .context
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .context("--context is not JSON")?;
+        Ok((store, snapshot, context))
+    };
+    let (query, from) = match command {
+        SearchCommand::Actions(args) => {
+            let (store, snapshot, context) = open(&args.from)?;
+            let principal = parse_uid("principal", &args.principal)?;
+            let resource = parse_uid("resource", &args.resource)?;
+            let mut actions = policyd::search::actions(
+                &store,
+                &snapshot,
+                &principal,
+                &resource,
+                context.as_ref(),
+            )?;
+            actions.truncate(args.from.limit.unwrap_or(usize::MAX));
+            let rows: Vec<Vec<String>> = actions.iter().map(|a| vec![a.to_string()]).collect();
+            print!("{}", report::table(&["ACTION"], &rows));
+            return Ok(());
+        }
+        SearchCommand::Resources(args) => (
+            (
+                Side::Resource,
+                parse_uid("principal", &args.principal)?,
+                parse_action(&args.action)?,
+                args.ty,
+            ),
+            args.from,
+        ),
+        SearchCommand::Subjects(args) => (
+            (
+                Side::Subject,
+                parse_uid("resource", &args.resource)?,
+                parse_action(&args.action)?,
+                args.ty,
+            ),
+            args.from,
+        ),
+    };
+    let (store, snapshot, context) = open(&from)?;
+    let (side, known, action, ty) = query;
+    let query = SearchQuery {
+        side,
+        known,
+        action,
+        ty: ty
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--type `{ty}` is not a Cedar entity type: {e}"))?,
+        context,
+    };
+    let limit = from.limit.unwrap_or(usize::MAX - 1);
+    let page = policyd::search::search(&store, &snapshot, &query, None, limit, None)?;
+    let rows: Vec<Vec<String>> = page
+        .items
+        .iter()
+        .map(|u| vec![u.type_name().to_string(), u.id().unescaped().to_owned()])
+        .collect();
+    print!("{}", report::table(&["TYPE", "ID"], &rows));
+    if page.more {
+        println!("(more than {limit}; raise --limit to see them)");
+    }
     Ok(())
 }
 

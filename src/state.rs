@@ -31,6 +31,9 @@ pub struct AppState {
     pub write_gate: tokio::sync::RwLock<()>,
     /// The activity log.
     pub activity: Arc<ActivityLog>,
+    /// Base URL of the AuthZEN endpoints (`--authzen-base-url`, else `http://<listen
+    /// address>`), set once the listener is bound.
+    pub authzen_base: OnceLock<String>,
     /// Fleet mode (`--upstream`), set once at start; empty for a standalone daemon.
     pub fleet: OnceLock<Arc<Fleet>>,
     /// The Prometheus metrics.
@@ -61,6 +64,7 @@ impl AppState {
             reloader,
             write_gate: tokio::sync::RwLock::new(()),
             activity: Arc::new(activity),
+            authzen_base: OnceLock::new(),
             fleet: OnceLock::new(),
             metrics,
         }))

@@ -6,6 +6,8 @@ use utoipa::ToSchema;
 
 use crate::authz::RequestError;
 use crate::engine::EngineError;
+use crate::search::SearchError;
+use crate::search::token::TokenError;
 use crate::store::StoreError;
 use crate::store::codec::EntityError;
 use crate::upstream::UpstreamError;
@@ -161,6 +163,15 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Engine(e) => e.into(),
+            SearchError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         match e {
@@ -170,6 +181,15 @@ impl From<FleetError> for ApiError {
                 field: "consistency.at_least".to_owned(),
                 message,
             },
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        ApiError::InvalidField {
+            field: "page.token".to_owned(),
+            message: e.to_string(),
         }
     }
 }

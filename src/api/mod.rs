@@ -4,6 +4,8 @@
 //! a status code and a JSON body.
 
 mod activity;
+mod authzen;
+mod authzen_input;
 mod consistency;
 mod decisions;
 mod entities;
@@ -45,8 +47,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let started = request_log_on().then(Instant::now);
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let request_id = req.headers().get("x-request-id").cloned();
     let (route, served, result) = route(&state, req).await;
-    let (resp, refused) = match result {
+    let (mut resp, refused) = match result {
         Ok(resp) => (resp, None),
         Err(err) => {
             let (status, code) = err.status_and_code();
@@ -72,6 +75,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             (resp, Some((code, err)))
         }
     };
+    // AuthZEN: the caller's request id is echoed (on every route, harmlessly).
+    if let Some(id) = request_id {
+        resp.headers_mut().insert("x-request-id", id);
+    }
     state.metrics.answered(
         route.filter(|_| served),
         method.as_str(),

@@ -15,7 +15,8 @@ use hyper::{Method, Request, Response};
 use super::error::ApiError;
 use super::json::Body;
 use super::{
-    activity, consistency, decisions, entities, health, metrics, openapi, policies, storage,
+    activity, authzen, consistency, decisions, entities, health, metrics, openapi, policies,
+    storage,
 };
 use crate::state::AppState;
 
@@ -217,6 +218,87 @@ pub static ROUTES: &[Route] = &[
             })
         },
         doc: storage::DOC_TOTALS,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/access/v1/evaluation",
+        access: Decision,
+        handler: |c| {
+            Box::pin(async move {
+                // Fleet mode: held to the token and to freshness like native decisions.
+                consistency::gate(c.state, None, consistency::header(&c.req)).await?;
+                let state = c.state;
+                authzen::evaluation(state, &c.body().await?).await
+            })
+        },
+        doc: authzen::DOC_EVALUATION,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/access/v1/evaluations",
+        access: Decision,
+        handler: |c| {
+            Box::pin(async move {
+                consistency::gate(c.state, None, consistency::header(&c.req)).await?;
+                let state = c.state;
+                authzen::evaluations(state, &c.body().await?).await
+            })
+        },
+        doc: authzen::DOC_EVALUATIONS,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/access/v1/search/subject",
+        access: Decision,
+        handler: |c| {
+            Box::pin(async move {
+                consistency::gate(c.state, None, consistency::header(&c.req)).await?;
+                let state = c.state;
+                authzen::search(state, &c.body().await?, crate::search::Side::Subject).await
+            })
+        },
+        doc: authzen::DOC_SEARCH_SUBJECT,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/access/v1/search/resource",
+        access: Decision,
+        handler: |c| {
+            Box::pin(async move {
+                consistency::gate(c.state, None, consistency::header(&c.req)).await?;
+                let state = c.state;
+                authzen::search(state, &c.body().await?, crate::search::Side::Resource).await
+            })
+        },
+        doc: authzen::DOC_SEARCH_RESOURCE,
+    },
+    Route {
+        method: Method::POST,
+        pattern: "/access/v1/search/action",
+        access: Decision,
+        handler: |c| {
+            Box::pin(async move {
+                consistency::gate(c.state, None, consistency::header(&c.req)).await?;
+                let state = c.state;
+                authzen::search_actions(state, &c.body().await?).await
+            })
+        },
+        doc: authzen::DOC_SEARCH_ACTION,
+    },
+    Route {
+        method: Method::GET,
+        pattern: "/.well-known/authzen-configuration",
+        access: Open,
+        handler: |c| {
+            Box::pin(async move {
+                let host = c.req.headers().get(hyper::header::HOST);
+                Ok(authzen::configuration(
+                    c.state,
+                    host.and_then(|h| h.to_str().ok()),
+                ))
+            })
+        },
+        doc: authzen::DOC_CONFIGURATION,
     },
 ];
 

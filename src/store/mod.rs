@@ -20,6 +20,7 @@ use std::sync::Arc;
 use cedar_policy::EntityUid;
 use cedar_policy_core::ast;
 
+use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use cache::{EntityCache, Entry, Invalidate};
 pub use codec::Record;
@@ -82,6 +83,29 @@ pub trait EntityStore: Send + Sync {
     /// may wait on anything else keeps the default: its reads go to blocking threads.
     fn reads_inline(&self) -> bool {
         false
+    }
+    /// Up to `limit` ids of stored entities of type `ty` whose id sorts after `after`, in id
+    /// order, holding every such entity in `filter` (more is allowed: a search decides each
+    /// candidate). The default scans; a backend with indexes narrows by the filter.
+    fn candidates(
+        &self,
+        ty: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let _ = filter;
+        let mut ids = Vec::new();
+        self.scan(&mut |record| {
+            let id = record.uid.id().unescaped();
+            if record.uid.type_name().to_string() == ty && after.is_none_or(|a| id > a) {
+                ids.push(id.to_owned());
+            }
+            true
+        })?;
+        ids.sort();
+        ids.truncate(limit);
+        Ok(ids)
     }
     /// Applies a batch of upstream changes and records its position, in one transaction (fleet
     /// mode, see [`replica`]).
@@ -221,6 +245,17 @@ impl Store {
     /// The stored record of one entity.
     pub fn get(&self, uid: &EntityUid) -> Result<Option<Record>, StoreError> {
         self.backend.get(uid)
+    }
+
+    /// Candidates of a permission search (see [`EntityStore::candidates`]).
+    pub fn candidates(
+        &self,
+        ty: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.candidates(ty, filter, after, limit)
     }
 
     /// Number of stored entities.

@@ -14,11 +14,13 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 mod accounting;
 mod ledger;
+pub mod refs;
 mod replica;
 
 use super::codec::{DecodeError, Record};
 use super::replica::{Position, Replicated};
 use super::{EntityStore, StorageLedger, StoreError, WriteEffect};
+use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use accounting::{Dirty, Key};
 
@@ -83,10 +85,14 @@ CREATE INDEX reservations_by_project ON reservations (ptype, pid, expires_at);
 CREATE INDEX reservations_by_org ON reservations (otype, oid, expires_at);
 CREATE INDEX reservations_by_expiry ON reservations (expires_at);
 "#,
+    refs::MIGRATION,
 ];
 
 /// The migration that added storage accounting; stores older than it are back-filled.
 const ACCOUNTING_MIGRATION: usize = 2;
+
+/// The migration that added the reference index; stores older than it are back-filled.
+const REFS_MIGRATION: usize = 3;
 
 /// Prepared statements the writer connection keeps.
 const WRITER_STATEMENTS: usize = 64;
@@ -205,6 +211,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if i + 1 == ACCOUNTING_MIGRATION {
             backfill_accounting(&tx)?;
         }
+        if i + 1 == REFS_MIGRATION {
+            refs::backfill(&tx)?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
@@ -266,6 +275,7 @@ fn upsert_in(
         let k = key(&r.uid);
         let was = accounting::before(tx, &k)?;
         put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
+        refs::write(tx, &k, Some(&r.body), was.existed())?;
         if was.existed() {
             clear.execute(params![k.0, k.1])?;
         }
@@ -331,6 +341,7 @@ fn delete_in(
     }
     tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?
         .execute(params![k.0, k.1])?;
+    refs::write(tx, &k, None, true)?;
     let has_children = |k: &Key| -> Result<bool, StoreError> {
         Ok(tx
             .prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?
@@ -412,6 +423,16 @@ impl EntityStore for SqliteStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
+    fn candidates(
+        &self,
+        ty: &str,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| refs::candidates(conn, ty, filter, after, limit))
     }
 
     fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError> {

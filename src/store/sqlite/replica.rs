@@ -69,10 +69,12 @@ impl SqliteStore {
     }
 }
 
-/// Removes every entity, edge and counter (not reservations: in fleet mode they are upstream).
+/// Removes every entity, edge, reference row and counter (not reservations: in fleet mode they
+/// are upstream).
 fn clear(tx: &Transaction<'_>) -> Result<(), StoreError> {
     Ok(tx.execute_batch(
-        "DELETE FROM entities; DELETE FROM parents; DELETE FROM contributions; DELETE FROM totals;",
+        "DELETE FROM entities; DELETE FROM parents; DELETE FROM refs; DELETE FROM contributions;
+         DELETE FROM totals;",
     )?)
 }
 
