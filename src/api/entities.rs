@@ -118,7 +118,6 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     let snapshot = state.snapshot();
     let codec::Write { records, actions } = codec::parse_write(value, snapshot.schema.as_ref())?;
     let n = records.len();
-    let uids: Vec<EntityUid> = records.iter().map(|r| r.uid.clone()).collect();
     let log = state.activity.enabled();
     let revision = match state.fleet.get() {
         Some(fleet) => Some(fleet.upsert(&records).await?),
@@ -130,7 +129,7 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             store.upsert(&records)?;
         }
         if log {
-            organizations(store, &uids)
+            organizations(store, &records)
         } else {
             Ok(vec![])
         }
@@ -215,12 +214,18 @@ pub async fn delete(
 }
 
 /// The organization of each written entity, sharing lookups between entities of one write.
+/// The organization each written entity belongs to, found from its parents (already in the
+/// record) rather than by reading the entity back.
 fn organizations(
     store: &Store,
-    uids: &[EntityUid],
+    records: &[codec::Record],
 ) -> Result<Vec<(EntityUid, Option<String>)>, StoreError> {
-    uids.iter()
-        .map(|u| Ok((u.clone(), store.organization_of(u, ORGANIZATION_TYPE)?)))
+    records
+        .iter()
+        .map(|r| {
+            let org = store.organization_under(&r.uid, &r.parents, ORGANIZATION_TYPE)?;
+            Ok((r.uid.clone(), org))
+        })
         .collect()
 }
 

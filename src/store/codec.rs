@@ -27,6 +27,32 @@ pub struct Record {
     pub size: Option<i64>,
     /// `quota_bytes`, when the entity has it as a Long.
     pub quota: Option<i64>,
+    /// The entities its attributes mention, for the reference index permission search reads:
+    /// found here, where validation already holds the parsed JSON, not again in the writer.
+    pub mentions: Vec<Mention>,
+}
+
+/// `(attribute, type, id)`: an entity that a top-level attribute's value mentions.
+pub type Mention = (String, String, String);
+
+/// The entities each top-level attribute of a canonical entity JSON mentions.
+pub fn mentions(json: &Value) -> Vec<Mention> {
+    let Some(attrs) = json.get("attrs").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, value) in attrs {
+        let mut uids = Vec::new();
+        collect_refs(value, &mut uids);
+        for uid in uids {
+            out.push((
+                name.clone(),
+                uid.type_name().to_string(),
+                uid.id().unescaped().to_owned(),
+            ));
+        }
+    }
+    out
 }
 
 /// An entity decoded from its stored record, before its ancestors are resolved.
@@ -221,6 +247,7 @@ impl Record {
         })?;
         Ok(Record {
             parents: parents_of(&json),
+            mentions: mentions(&json),
             size: long_attr(&json, SIZE_ATTR),
             quota: long_attr(&json, QUOTA_ATTR),
             uid,
@@ -254,6 +281,7 @@ pub fn encode(entity: &Entity) -> Result<Record, String> {
         parents: parents_of(&json),
         size,
         quota,
+        mentions: mentions(&json),
         body: json.to_string(),
     })
 }

@@ -345,6 +345,34 @@ impl Store {
             .min())
     }
 
+    /// [`Store::organization_of`] for an entity with these direct `parents`, without reading
+    /// the entity itself: its ancestors are its parents and theirs, as in its closure.
+    pub fn organization_under(
+        &self,
+        uid: &EntityUid,
+        parents: &[EntityUid],
+        org_type: &str,
+    ) -> Result<Option<String>, StoreError> {
+        if uid.type_name().to_string() == org_type {
+            return Ok(Some(uid.id().unescaped().to_owned()));
+        }
+        let mut found: Option<String> = None;
+        let mut consider = |ty: &str, id: &str| {
+            if ty == org_type && found.as_deref().is_none_or(|f| id < f) {
+                found = Some(id.to_owned());
+            }
+        };
+        for parent in parents {
+            consider(&parent.type_name().to_string(), parent.id().unescaped());
+            if let Some(resolved) = self.fetch(parent)? {
+                for a in resolved.ancestors() {
+                    consider(&a.entity_type().to_string(), a.eid().as_ref());
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// One resolved entity, from the cache or else the backend. A miss also resolves (and
     /// caches) the ancestors its closure is built from.
     fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {

@@ -122,7 +122,7 @@ impl Dirty {
                  WITH RECURSIVE down (t, i) AS (
                      SELECT t, i FROM temp.subtrees
                      UNION
-                     SELECT p.ctype, p.cid FROM parents p JOIN down ON p.ptype = down.t AND p.pid = down.i
+                     SELECT p.ctype, p.cid FROM down CROSS JOIN parents p ON p.ptype = down.t AND p.pid = down.i
                  )
                  SELECT t, i FROM down
                  WHERE EXISTS (SELECT 1 FROM entities e WHERE e.etype = t AND e.eid = i AND e.size IS NOT NULL)
@@ -143,13 +143,13 @@ fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO temp.touched (atype, aid, itype)
          SELECT c.atype, c.aid, c.itype FROM temp.recount r
-         JOIN contributions c ON c.itype = r.t AND c.iid = r.i",
+         CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i",
     )?
     .execute([])?;
     conn.prepare_cached(
         "INSERT INTO totals (atype, aid, itype, items, bytes)
          SELECT c.atype, c.aid, c.itype, -COUNT(*), -SUM(c.bytes) FROM temp.recount r
-         JOIN contributions c ON c.itype = r.t AND c.iid = r.i
+         CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i
          WHERE true GROUP BY c.atype, c.aid, c.itype
          ON CONFLICT (atype, aid, itype) DO UPDATE
          SET items = items + excluded.items, bytes = bytes + excluded.bytes",
@@ -164,7 +164,7 @@ fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO totals (atype, aid, itype, items, bytes)
          SELECT c.atype, c.aid, c.itype, COUNT(*), SUM(c.bytes) FROM temp.recount r
-         JOIN contributions c ON c.itype = r.t AND c.iid = r.i
+         CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i
          WHERE true GROUP BY c.atype, c.aid, c.itype
          ON CONFLICT (atype, aid, itype) DO UPDATE
          SET items = items + excluded.items, bytes = bytes + excluded.bytes",
@@ -187,13 +187,13 @@ fn contributions_sql() -> String {
         "INSERT INTO contributions (itype, iid, atype, aid, bytes)
          WITH RECURSIVE up (it, ii, t, i) AS (
              SELECT r.t, r.i, p.ptype, p.pid FROM temp.recount r
-             JOIN parents p ON p.ctype = r.t AND p.cid = r.i
+             CROSS JOIN parents p ON p.ctype = r.t AND p.cid = r.i
              UNION
              SELECT up.it, up.ii, p.ptype, p.pid FROM up
-             JOIN parents p ON p.ctype = up.t AND p.cid = up.i
+             CROSS JOIN parents p ON p.ctype = up.t AND p.cid = up.i
          )
          SELECT up.it, up.ii, up.t, up.i, e.size FROM up
-         JOIN entities e ON e.etype = up.it AND e.eid = up.ii
+         CROSS JOIN entities e ON e.etype = up.it AND e.eid = up.ii
          WHERE e.size IS NOT NULL AND up.t IN ({})",
         types.join(", ")
     )

@@ -275,7 +275,7 @@ fn upsert_in(
         let k = key(&r.uid);
         let was = accounting::before(tx, &k)?;
         put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
-        refs::write(tx, &k, Some(&r.body), was.existed())?;
+        refs::write(tx, &k, Some(&r.mentions), was.existed())?;
         if was.existed() {
             clear.execute(params![k.0, k.1])?;
         }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::Key;
 use crate::search::Filter;
 use crate::store::StoreError;
-use crate::store::codec::collect_refs;
+use crate::store::codec::{Mention, mentions};
 
 /// The migration adding the reference index.
 pub(super) const MIGRATION: &str = r#"
@@ -25,47 +25,24 @@ CREATE TABLE refs (
 CREATE INDEX refs_by_target ON refs (ttype, tid, attr, stype, sid);
 "#;
 
-/// `(attribute, type, id)` of every entity an entity body's attributes mention.
-fn attr_refs(body: &str) -> Vec<(String, String, String)> {
-    let Ok(json) = serde_json::from_str::<Value>(body) else {
-        return Vec::new();
-    };
-    let Some(attrs) = json.get("attrs").and_then(Value::as_object) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (name, value) in attrs {
-        let mut uids = Vec::new();
-        collect_refs(value, &mut uids);
-        for uid in uids {
-            out.push((
-                name.clone(),
-                uid.type_name().to_string(),
-                uid.id().unescaped().to_owned(),
-            ));
-        }
-    }
-    out
-}
-
-/// Replaces the reference rows of one entity (`body: None`: it was deleted); `existed`:
-/// whether it was stored before (a new entity has no rows to clear).
+/// Replaces the reference rows of one entity with `mentions` (`None`: it was deleted);
+/// `existed`: whether it was stored before (a new entity has no rows to clear).
 pub(super) fn write(
     conn: &Connection,
     key: &Key,
-    body: Option<&str>,
+    mentions: Option<&[Mention]>,
     existed: bool,
 ) -> Result<(), StoreError> {
     if existed {
         conn.prepare_cached("DELETE FROM refs WHERE stype = ?1 AND sid = ?2")?
             .execute([&key.0, &key.1])?;
     }
-    if let Some(body) = body {
+    if let Some(mentions) = mentions {
         let mut put = conn.prepare_cached(
             "INSERT OR IGNORE INTO refs (stype, sid, attr, ttype, tid) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for (attr, ty, id) in attr_refs(body) {
-            put.execute([&key.0, &key.1, &attr, &ty, &id])?;
+        for (attr, ty, id) in mentions {
+            put.execute([&key.0, &key.1, attr, ty, id])?;
         }
     }
     Ok(())
@@ -78,7 +55,8 @@ pub(super) fn backfill(tx: &Transaction<'_>) -> Result<(), StoreError> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     for (ty, id, body) in rows {
-        write(tx, &(ty, id), Some(&body), false)?;
+        let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        write(tx, &(ty, id), Some(&mentions(&json)), false)?;
     }
     Ok(())
 }
