@@ -338,11 +338,10 @@ impl Store {
         let Some(found) = self.fetch(uid)? else {
             return Ok(None);
         };
-        Ok(found
+        let ancestors = found
             .ancestors()
-            .filter(|a| a.entity_type().to_string() == org_type)
-            .map(|a| a.eid().as_ref().to_owned())
-            .min())
+            .map(|a| (a.entity_type().to_string(), a.eid().as_ref()));
+        Ok(smallest_of_type(ancestors, org_type))
     }
 
     /// [`Store::organization_of`] for an entity with these direct `parents`, without reading
@@ -356,21 +355,18 @@ impl Store {
         if uid.type_name().to_string() == org_type {
             return Ok(Some(uid.id().unescaped().to_owned()));
         }
-        let mut found: Option<String> = None;
-        let mut consider = |ty: &str, id: &str| {
-            if ty == org_type && found.as_deref().is_none_or(|f| id < f) {
-                found = Some(id.to_owned());
-            }
-        };
-        for parent in parents {
-            consider(&parent.type_name().to_string(), parent.id().unescaped());
-            if let Some(resolved) = self.fetch(parent)? {
-                for a in resolved.ancestors() {
-                    consider(&a.entity_type().to_string(), a.eid().as_ref());
-                }
-            }
-        }
-        Ok(found)
+        let stored = parents
+            .iter()
+            .map(|p| self.fetch(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let own = parents
+            .iter()
+            .map(|p| (p.type_name().to_string(), p.id().unescaped()));
+        let inherited = stored.iter().flatten().flat_map(|r| {
+            r.ancestors()
+                .map(|a| (a.entity_type().to_string(), a.eid().as_ref()))
+        });
+        Ok(smallest_of_type(own.chain(inherited), org_type))
     }
 
     /// One resolved entity, from the cache or else the backend. A miss also resolves (and
@@ -426,6 +422,14 @@ impl Store {
         loaded.push((uid.clone(), entry.clone()));
         Ok(entry)
     }
+}
+
+/// The smallest id among the `(type, id)` pairs of type `ty`.
+fn smallest_of_type<'a>(uids: impl Iterator<Item = (String, &'a str)>, ty: &str) -> Option<String> {
+    uids.filter(|(t, _)| t == ty)
+        .map(|(_, id)| id)
+        .min()
+        .map(str::to_owned)
 }
 
 fn invalidate(effect: WriteEffect) -> Invalidate {
