@@ -2,6 +2,7 @@
 //! validated and the store opened (and seeded when empty).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::activity::ActivityLog;
 use crate::config::ServeConfig;
@@ -56,6 +57,12 @@ pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
             fleet.clone(),
             state.store.clone(),
         ));
+        let retention = Duration::from_secs(u64::from(config.activity.retention_days) * 86_400);
+        tokio::spawn(crate::upstream::activity::ship_forever(
+            fleet.clone(),
+            state.activity.clone(),
+            retention,
+        ));
     }
 }
 
@@ -66,6 +73,30 @@ pub async fn finish(state: &Arc<AppState>) {
     let st = state.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || st.activity.flush_and_stop()).await {
         tracing::error!(error = %e, "flushing the activity log failed");
+    }
+    if let Some(fleet) = state.fleet.get() {
+        ship_last(fleet, &state.activity).await;
+    }
+}
+
+/// Fleet mode: ships the records flushed at shutdown now, within a bound; what does not make
+/// it is shipped by the next start (shipping resumes from what the upstream has).
+async fn ship_last(fleet: &Fleet, log: &Arc<ActivityLog>) {
+    const LIMIT: Duration = Duration::from_secs(2);
+    let reader = log.clone();
+    let Ok(Ok(Some(sidecar))) = tokio::task::spawn_blocking(move || reader.sidecar()).await else {
+        return;
+    };
+    let mut shipped = None;
+    let shipping = crate::upstream::activity::ship_pending(fleet, log, &sidecar, &mut shipped);
+    match tokio::time::timeout(LIMIT, shipping).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "activity: the last records stay local until the next start")
+        }
+        Err(_) => tracing::warn!(
+            "activity: shipping the last records timed out; the next start ships them"
+        ),
     }
 }
 

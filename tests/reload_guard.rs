@@ -145,7 +145,13 @@ async fn refuse_widening_keeps_the_old_set_until_accepted() {
 
     // Narrowing is never refused: drop the careless permit again.
     std::fs::remove_file(dir.path().join("careless.cedar")).unwrap();
-    let status = until(&d, "narrowed", |s| s["revision"] == before["revision"]).await;
+    // Wait on the reload's own status, not the served revision: the snapshot is swapped a
+    // moment before the reload's status is recorded.
+    let status = until(&d, "narrowed", |s| {
+        s["last_reload"]["revision"] == before["revision"]
+    })
+    .await;
+    assert_eq!(status["revision"], before["revision"]);
     assert_eq!(status["last_reload"]["ok"], true);
     assert_eq!(status["last_reload"]["changes"]["summary"]["narrowings"], 1);
     assert_eq!(d.decide(DAVE, VIEW, AUDIO).await.0, "Deny");

@@ -194,6 +194,8 @@ async fn a_sidecar_cut_off_its_upstream_turns_stale_then_recovers() {
         (status, &body["error"]["code"]),
         (StatusCode::SERVICE_UNAVAILABLE, &json!("stale"))
     );
+    assert_eq!(s.metric("policyd_fleet_stale").await, 1.0);
+    assert!(s.metric("policyd_fleet_caught_up_age_seconds").await >= 1.0);
     let (status, body) = s
         .call("PUT", "/v1/entities", &[], Some(&user("bob", true)))
         .await;
@@ -214,6 +216,7 @@ async fn a_sidecar_cut_off_its_upstream_turns_stale_then_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(s.call("GET", "/readyz", &[], None).await.0, StatusCode::OK);
+    assert_eq!(s.metric("policyd_fleet_stale").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

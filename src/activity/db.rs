@@ -79,6 +79,12 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
         params![crate::storage::now_micros()],
     )?;
+    // Names this log in the fleet's merged trail (see `crate::upstream::activity`): random,
+    // and born with the log, so a new log never reuses the ids of an old one under one name.
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('sidecar', random() & 0x7fffffffffffffff)",
+        [],
+    )?;
     let old = tx
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'activity'",
@@ -110,6 +116,42 @@ pub(super) fn epoch(conn: &Connection) -> Result<i64, StoreError> {
             r.get(0)
         })?,
     )
+}
+
+/// The log's random name in the fleet's merged trail.
+pub(super) fn sidecar(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT value FROM meta WHERE key = 'sidecar'", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// Up to `limit` records with ids above `id`, oldest first (the fleet ships them upstream).
+pub(super) fn after(conn: &Connection, id: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
+    let epoch = epoch(conn)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, time, kind, principal, action, resource, reasons, revision, org
+         FROM records WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                [
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ],
+            ))
+        })?
+        .collect::<Result<Vec<Row>, _>>()?;
+    resolve(conn, epoch, &rows)
 }
 
 /// The last id and time written (0 when empty), so a restarted log continues both.

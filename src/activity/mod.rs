@@ -368,6 +368,25 @@ impl ActivityLog {
         db::query(&db::open_reader(&self.path)?, filter)
     }
 
+    /// The log's name in the fleet's merged trail: a random number born with the log, as 16
+    /// hex digits; `None` when the log is off. Blocking.
+    pub fn sidecar(&self) -> Result<Option<String>, StoreError> {
+        if self.shared.is_none() {
+            return Ok(None);
+        }
+        let id = db::sidecar(&db::open_reader(&self.path)?)?;
+        Ok(Some(format!("{id:016x}")))
+    }
+
+    /// Up to `limit` committed records with ids above `id`, oldest first. Blocking; opens its
+    /// own read connection.
+    pub fn after(&self, id: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        if self.shared.is_none() {
+            return Ok(Vec::new());
+        }
+        db::after(&db::open_reader(&self.path)?, id, limit)
+    }
+
     /// Deletes the records older than `cutoff` (microseconds since the Unix epoch) now, as the
     /// writer does every minute for the retention; returns how many. Blocking; opens its own
     /// connection.

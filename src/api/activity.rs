@@ -1,5 +1,6 @@
 //! `GET /v1/activity`: an organization's trail, newest first, for viewers the policies allow to
-//! `view_activity` on it.
+//! `view_activity` on it. In fleet mode, the merged trail of every sidecar (read upstream;
+//! each record names its `sidecar`).
 
 use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
@@ -15,6 +16,7 @@ use super::{forbidden, permission_query, permitted};
 use crate::activity::{Filter, Kind, Record};
 use crate::state::AppState;
 use crate::storage::{self, ORGANIZATION_TYPE};
+use crate::upstream::activity::Cursor;
 
 const PARAMS: &[&str] = &[
     "organization",
@@ -92,7 +94,7 @@ pub const DOC: Doc = Doc {
     answers: &[
         Answer {
             status: 200,
-            description: "`{records, next_cursor}`.",
+            description: "`{records, next_cursor}`; in fleet mode each record also names its `sidecar`.",
             body: Content::Json(any_object),
         },
         Answer {
@@ -159,15 +161,11 @@ pub async fn list(
             })
             .transpose()?
             .unwrap_or(DEFAULT_LIMIT),
-        before_id: params
-            .remove("cursor")
-            .map(|c| {
-                c.parse::<i64>()
-                    .map_err(|_| invalid("cursor", "must be a next_cursor from a previous page"))
-            })
-            .transpose()?,
+        before_id: None,
         organization,
     };
+    let cursor = params.remove("cursor");
+    let bad_cursor = || invalid("cursor", "must be a next_cursor from a previous page");
 
     let org = crate::uid::from_parts(ORGANIZATION_TYPE, &filter.organization)
         .map_err(ApiError::Internal)?;
@@ -176,6 +174,30 @@ pub async fn list(
     if !permitted(state, &snapshot, check).await? {
         return Err(forbidden(&viewer, VIEW_ACTIVITY, &org));
     }
+    if let Some(fleet) = state.fleet.get() {
+        // Fleet mode: the merged trail of every sidecar, upstream.
+        let cursor = cursor
+            .map(|c| Cursor::parse(&c).ok_or_else(bad_cursor))
+            .transpose()?;
+        let page = fleet.upstream().activity(&filter, cursor.as_ref()).await?;
+        let records: Vec<Value> = page
+            .records
+            .iter()
+            .map(|s| {
+                let mut record = record_json(&s.record);
+                record["sidecar"] = Value::String(s.sidecar.clone());
+                record
+            })
+            .collect();
+        return Ok(json::respond(
+            StatusCode::OK,
+            &json!({ "records": records, "next_cursor": page.next_cursor }),
+        ));
+    }
+    let mut filter = filter;
+    filter.before_id = cursor
+        .map(|c| c.parse::<i64>().map_err(|_| bad_cursor()))
+        .transpose()?;
     let log = state.activity.clone();
     let page = tokio::task::spawn_blocking(move || log.query(&filter))
         .await

@@ -1,5 +1,6 @@
 //! `GET /metrics`: the Prometheus text format, with the values read at scrape time gathered
-//! from the store, the entity cache, the activity log and the reloader.
+//! from the store, the entity cache, the activity log, the reloader and, in fleet mode, the
+//! replica.
 
 use hyper::StatusCode;
 use hyper::body::Bytes;
@@ -8,7 +9,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use super::error::ApiError;
 use super::json::Body;
 use super::openapi::{Answer, Content, Doc};
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, FleetSnapshot, Snapshot};
 use crate::state::AppState;
 
 /// How the OpenAPI document describes `GET /metrics`.
@@ -47,6 +48,13 @@ pub async fn scrape(state: &AppState) -> Result<hyper::Response<Body>, ApiError>
         activity: (activity.written, activity.dropped, activity.queued),
         reservations_open,
         analysis: (analysis.completed, analysis.unavailable, analysis.widenings),
+        fleet: state.fleet.get().map(|fleet| FleetSnapshot {
+            serve_stale: fleet.config().serve_stale,
+            since_caught_up: fleet.since_confirmed(),
+            stale: fleet.stale(),
+            applied_revision: fleet.applied().revision,
+            activity_shipped: fleet.shipped(),
+        }),
     };
     let text = state
         .metrics

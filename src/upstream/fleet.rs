@@ -81,6 +81,8 @@ pub struct Fleet {
     epoch: Instant,
     /// Wakes the tail: a notification arrived, or a request waits for a revision.
     pub(super) wake: Notify,
+    /// Activity records shipped upstream since start (a record sent twice counts twice).
+    shipped: AtomicU64,
 }
 
 impl Fleet {
@@ -99,6 +101,7 @@ impl Fleet {
             confirmed: AtomicU64::new(0),
             epoch: Instant::now(),
             wake: Notify::new(),
+            shipped: AtomicU64::new(0),
         })
     }
 
@@ -143,6 +146,13 @@ impl Fleet {
                 "the replica has not caught up with the upstream since start".to_owned(),
             )),
         }
+    }
+
+    /// Whether the replica has gone past `--max-staleness` without confirming it is caught up
+    /// (what [`Fleet::fresh`] refuses, unless `--serve-stale`).
+    pub fn stale(&self) -> bool {
+        self.since_confirmed()
+            .is_none_or(|age| age > self.config.max_staleness)
     }
 
     /// How long ago the replica last confirmed it was caught up; `None`: never.
@@ -248,6 +258,16 @@ impl Fleet {
         let nanos = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX - 1);
         self.confirmed.fetch_max(nanos + 1, Ordering::AcqRel);
+    }
+
+    /// Counts activity records sent upstream.
+    pub(super) fn count_shipped(&self, n: usize) {
+        self.shipped.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Activity records sent upstream since start.
+    pub fn shipped(&self) -> u64 {
+        self.shipped.load(Ordering::Relaxed)
     }
 
     /// How often the tail polls when nothing wakes it: well inside `--max-staleness`.

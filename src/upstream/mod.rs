@@ -10,9 +10,13 @@
 //! caller ask for a decision at least as fresh as a write; [`fleet`] holds the replica's state
 //! (applied revision, last confirmed catch-up) that decisions consult.
 //!
+//! [`activity`] ships the sidecar's activity records to the fleet's one trail and reads the
+//! merged trail for `GET /v1/activity`.
+//!
 //! [`schema`] creates and migrates policyd's tables (`policyd upstream migrate`), and
 //! [`import`] moves an existing SQLite store up (`policyd upstream import`).
 
+pub mod activity;
 pub mod fleet;
 pub mod import;
 pub mod ledger;

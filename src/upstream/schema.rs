@@ -8,6 +8,8 @@
 //!   for the cycle check and the quota sums).
 //! - `policyd_changes`: the full change rows of each revision (a body, or NULL for a delete).
 //! - `policyd_reservations`: storage reservations, decided upstream so quotas are global.
+//! - `policyd_activity` (version 2): the fleet's one activity trail, each sidecar's records
+//!   under its name and its own ids, so a record shipped twice is stored once.
 //!
 //! Key columns use the "C" collation: exact, byte-wise comparison, like the SQLite store.
 
@@ -16,7 +18,8 @@ use tokio_postgres::Client;
 use super::UpstreamError;
 
 /// Migrations, applied in order; `policyd_schema.version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policyd_revision (
     one         boolean PRIMARY KEY DEFAULT true CHECK (one),
     upstream_id text    NOT NULL DEFAULT gen_random_uuid()::text,
@@ -66,7 +69,32 @@ CREATE TABLE policyd_reservations (
 CREATE INDEX policyd_reservations_by_project ON policyd_reservations (ptype, pid, expires_at);
 CREATE INDEX policyd_reservations_by_org ON policyd_reservations (otype, oid, expires_at);
 CREATE INDEX policyd_reservations_by_expiry ON policyd_reservations (expires_at);
-"#];
+"#,
+    r#"
+CREATE TABLE policyd_activity (
+    sidecar         text COLLATE "C" NOT NULL,
+    id              bigint NOT NULL,
+    time            bigint NOT NULL,
+    kind            text   NOT NULL,
+    org             text COLLATE "C",
+    principal       text COLLATE "C",
+    action          text COLLATE "C",
+    resource        text COLLATE "C",
+    decision        text,
+    reasons         text   NOT NULL,
+    policy_revision text,
+    PRIMARY KEY (sidecar, id)
+);
+CREATE INDEX policyd_activity_by_org ON policyd_activity (org, time, sidecar, id);
+CREATE INDEX policyd_activity_by_principal
+    ON policyd_activity (org, principal, time, sidecar, id) WHERE principal IS NOT NULL;
+CREATE INDEX policyd_activity_by_resource
+    ON policyd_activity (org, resource, time, sidecar, id) WHERE resource IS NOT NULL;
+CREATE INDEX policyd_activity_reloads
+    ON policyd_activity (time, sidecar, id) WHERE kind = 'policy_reload';
+CREATE INDEX policyd_activity_by_time ON policyd_activity (time);
+"#,
+];
 
 /// An arbitrary constant naming policyd's migration lock (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x0070_6f6c_6963_7964;

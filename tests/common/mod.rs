@@ -246,6 +246,33 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
+        let (status, bytes) = self.send(method, path, headers, body).await;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "response is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, value)
+    }
+
+    /// A GET whose answer is text (`/metrics`); status and body.
+    pub async fn text(&self, path: &str) -> (StatusCode, String) {
+        let (status, bytes) = self.send("GET", path, &[], Vec::new()).await;
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
         let stream = TcpStream::connect(self.0).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -263,18 +290,7 @@ impl Client {
         let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!(
-                    "response is not JSON ({e}): {}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
-        };
-        (status, value)
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 }
 

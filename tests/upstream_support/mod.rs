@@ -187,6 +187,17 @@ impl Sidecar {
             .await
     }
 
+    /// The value of an unlabelled metric in `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, text) = Client(self.addr).text("/metrics").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn ready(&self) {
         for _ in 0..300 {

@@ -4,10 +4,16 @@
 //! The request path only increments children resolved in advance (per route, per decision
 //! result), so counting costs an atomic add, never a label lookup or a string. Totals other
 //! parts already keep (the entity cache, the activity log, the policy analysis) and levels
-//! (entities stored, reservations open, process memory) are read when scraped.
+//! (entities stored, reservations open, process memory, the replica's standing in a fleet)
+//! are read when scraped.
+
+mod fleet;
+mod process;
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use fleet::FleetSnapshot;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -143,6 +149,7 @@ struct Scraped {
     widenings: IntCounter,
     resident_memory: IntGauge,
     open_fds: IntGauge,
+    fleet: fleet::FleetGauges,
 }
 
 /// What a scrape reads from the rest of the daemon.
@@ -164,6 +171,8 @@ pub struct Snapshot {
     pub reservations_open: Option<u64>,
     /// Policy change analyses completed and unavailable, and widenings found (totals).
     pub analysis: (u64, u64, u64),
+    /// The replica's standing, in fleet mode.
+    pub fleet: Option<FleetSnapshot>,
 }
 
 /// A metric could not be registered (a name clash: a bug in this module).
@@ -327,6 +336,7 @@ impl Metrics {
                 "policyd_process_open_fds",
                 "Open file descriptors of the daemon process.",
             )?,
+            fleet: fleet::FleetGauges::register(&registry)?,
         };
         Ok(Metrics {
             registry,
@@ -410,6 +420,9 @@ impl Metrics {
         catch_up(&s.analyses.with_label_values(&["completed"]), completed);
         catch_up(&s.analyses.with_label_values(&["unavailable"]), unavailable);
         catch_up(&s.widenings, widenings);
+        if let Some(f) = &now.fleet {
+            s.fleet.set(f);
+        }
         if let Some(p) = process::read() {
             s.resident_memory.set(clamp(p.resident_bytes));
             s.open_fds.set(clamp(p.open_fds));
@@ -452,34 +465,6 @@ fn status_text(status: u16, buf: &mut [u8; 3]) -> &str {
     buf[1] = b'0' + (s / 10 % 10) as u8;
     buf[2] = b'0' + (s % 10) as u8;
     std::str::from_utf8(buf).unwrap_or("000")
-}
-
-/// The process's own resource use, from `/proc` (Linux).
-mod process {
-    /// Resident memory and open descriptors.
-    pub struct Usage {
-        pub resident_bytes: u64,
-        pub open_fds: u64,
-    }
-
-    /// `None` where `/proc/self` is not there to read.
-    pub fn read() -> Option<Usage> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        // The directory listing holds one descriptor itself while it is read.
-        let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-        Some(Usage {
-            resident_bytes: kib * 1024,
-            open_fds: fds.saturating_sub(1),
-        })
-    }
 }
 
 #[cfg(test)]
