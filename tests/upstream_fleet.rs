@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use policyd::upstream::token;
-use serde_json::Value;
+use serde_json::{Value, json};
 use upstream_support::{Sidecar, policies, test_db, upstream_cli, user};
 
 fn revision_of(body: &Value) -> i64 {
@@ -207,4 +207,77 @@ async fn a_sidecar_killed_under_write_load_catches_up_and_loses_nothing() {
         at_kill,
         at_restart
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_behind_a_commit_share_the_next_one_and_fail_alone() {
+    let Some(db) = test_db("group").await else {
+        return;
+    };
+    upstream_cli(&db.url, &["migrate"]);
+    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
+    let s = Arc::new(Sidecar::start(
+        pol.path(),
+        &dir.path().join("s/p.db"),
+        &db.url,
+        &["--consistency-wait", "2s"],
+    ));
+    s.ready().await;
+    let first = token::decode(&s.put(user("before", true)).await).unwrap();
+
+    // Hold the counter row's lock, as a long commit from another sidecar would: every write
+    // sent meanwhile queues on this sidecar.
+    let mut holder = db.client().await;
+    let hold = holder.transaction().await.unwrap();
+    hold.execute("UPDATE policyd_revision SET rev = rev", &[])
+        .await
+        .unwrap();
+    let mut writes = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        writes.push(tokio::spawn(async move {
+            let body = user(&format!("w{i}"), i % 2 == 0);
+            s.call("PUT", "/v1/entities", &[], Some(&body)).await
+        }));
+    }
+    // One write closes a parent cycle: it must fail, and only it.
+    let cycle = json!([
+        {"uid": {"type": "Group", "id": "g1"}, "attrs": {}, "parents": [{"type": "Group", "id": "g2"}]},
+        {"uid": {"type": "Group", "id": "g2"}, "attrs": {}, "parents": [{"type": "Group", "id": "g1"}]},
+    ]);
+    let bad = {
+        let s = s.clone();
+        tokio::spawn(async move { s.call("PUT", "/v1/entities", &[], Some(&cycle)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold.rollback().await.unwrap();
+
+    let (status, body) = bad.await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "hierarchy_cycle", "{body}");
+    let mut revisions = std::collections::BTreeSet::new();
+    for w in writes {
+        let (status, body) = w.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        revisions.insert(
+            token::decode(body["revision"].as_str().unwrap())
+                .unwrap()
+                .revision,
+        );
+    }
+    // The first write to take the lock went alone (perhaps with a few that arrived with it);
+    // the rest waited and were committed together: far fewer revisions than writes.
+    assert!(
+        revisions.len() <= 3,
+        "20 writes queued behind one commit took revisions {revisions:?}"
+    );
+    assert!(revisions.iter().all(|r| *r > first.revision));
+    for i in 0..20 {
+        let (status, body) = s.read(&format!("w{i}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let expected = if i % 2 == 0 { "Allow" } else { "Deny" };
+        assert_eq!(body["decision"], expected, "w{i}: {body}");
+    }
+    let (status, _) = s.call("GET", "/v1/entities/Group/g1", &[], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing of the cycle landed");
 }

@@ -1,6 +1,7 @@
-//! Driving decision requests: closed loop (each connection sends its next request when the
-//! previous one is answered) or paced at a target rate, where latency counts from when a
-//! request was due, so a stalled server is not hidden by the client waiting politely.
+//! Driving decision requests (or, with `--writes`, single-entity writes): closed loop (each
+//! connection sends its next request when the previous one is answered) or paced at a target
+//! rate, where latency counts from when a request was due, so a stalled server is not hidden
+//! by the client waiting politely.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ impl std::str::FromStr for BatchShape {
 pub struct Run {
     pub requests_per_sec: f64,
     decisions_per_sec: f64,
+    /// What one unit of work is: "decisions" or "writes".
+    unit: &'static str,
     allowed_percent: f64,
     errors: u64,
     /// Latency per request, microseconds: p50, p99, p99.9, max.
@@ -52,10 +55,11 @@ impl fmt::Display for Run {
         let [p50, p99, p999, max] = self.latency;
         write!(
             f,
-            "{}: {:.0} decisions/s ({:.0} requests/s), {:.1}% allowed, {} errors\n  \
+            "{}: {:.0} {}/s ({:.0} requests/s), {:.1}% allowed, {} errors\n  \
              latency per request: p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs",
             self.describe,
             self.decisions_per_sec,
+            self.unit,
             self.requests_per_sec,
             self.allowed_percent,
             self.errors
@@ -70,14 +74,29 @@ struct Totals {
     errors: AtomicU64,
 }
 
-/// One request body of the configured mix.
-fn body(args: &Args, rng: &mut Rng, shape: Shape) -> (&'static str, String) {
+/// One request of the configured mix: method, path and body.
+fn body(
+    args: &Args,
+    rng: &mut Rng,
+    shape: Shape,
+    n: usize,
+) -> (&'static str, &'static str, String) {
+    if args.writes {
+        // A new user of a random organization: one entity, one write (one revision upstream).
+        let o = rng.below(shape.orgs);
+        let user = json!([{
+            "uid": {"type": "User", "id": format!("w{}-{n}", rng.next_u64())},
+            "attrs": {},
+            "parents": [{"type": "Organization", "id": synth::org_id(o)}],
+        }]);
+        return ("PUT", "/v1/entities", user.to_string());
+    }
     let single = |rng: &mut Rng| {
         let (principal, action, resource) = synth::request(rng, shape);
         json!({"principal": principal, "action": action, "resource": resource})
     };
     if args.batch == 0 {
-        return ("/v1/is_authorized", single(rng).to_string());
+        return ("POST", "/v1/is_authorized", single(rng).to_string());
     }
     let requests: Vec<Value> = match args.shape {
         BatchShape::Mixed => (0..args.batch).map(|_| single(rng)).collect(),
@@ -90,6 +109,7 @@ fn body(args: &Args, rng: &mut Rng, shape: Shape) -> (&'static str, String) {
         }
     };
     (
+        "POST",
         "/v1/is_authorized/batch",
         json!({ "requests": requests }).to_string(),
     )
@@ -115,19 +135,19 @@ pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Ru
             // Bodies are made up front, a few thousand per connection, cycled.
             let mut rng = Rng::new(seed);
             (0..2_000)
-                .map(|_| body(args, &mut rng, shape))
+                .map(|n| body(args, &mut rng, shape, n))
                 .collect::<Vec<_>>()
         };
         match args.rate {
             None => closed.push(client.spawn(async move {
                 let mut sender = connect(addr).await?;
                 let mut latencies = Vec::with_capacity(1 << 16);
-                for (path, body) in bodies.iter().cycle() {
+                for (method, path, body) in bodies.iter().cycle() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
                     let sent = Instant::now();
-                    let answer = send(&mut sender, path, body).await?;
+                    let answer = send(&mut sender, method, path, body).await?;
                     tally(&totals, &recording, &mut latencies, sent, answer)?;
                 }
                 anyhow::Ok(latencies)
@@ -170,6 +190,8 @@ pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Ru
         shape.total(),
         args.connections,
         match (args.batch, args.shape) {
+            _ if args.writes =>
+                "single-entity writes (PUT /v1/entities, one new user each)".to_owned(),
             (0, _) => "single checks".to_owned(),
             (n, BatchShape::Mixed) => format!("batches of {n} unrelated requests"),
             (n, BatchShape::Listing) => format!("batches of {n} (one principal, {n} datasets)"),
@@ -181,6 +203,7 @@ pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Ru
     Ok(Run {
         requests_per_sec: all.len() as f64 / secs,
         decisions_per_sec: decisions as f64 / secs,
+        unit: if args.writes { "writes" } else { "decisions" },
         allowed_percent: totals.allowed.load(Ordering::Relaxed) as f64 * 100.0
             / decisions.max(1) as f64,
         errors: totals.errors.load(Ordering::Relaxed),
@@ -206,8 +229,15 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 }
 
 /// Sends one request; the status was 2xx, and the body.
-async fn send(sender: &mut Sender, path: &str, body: &str) -> anyhow::Result<(bool, Bytes)> {
-    let req = Request::post(path)
+async fn send(
+    sender: &mut Sender,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(bool, Bytes)> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "policyd")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))?;
@@ -234,6 +264,11 @@ fn tally(
         return Ok(());
     }
     let v: Value = serde_json::from_slice(&bytes)?;
+    if v.get("upserted").is_some() {
+        // A write: one unit, never "allowed".
+        totals.decisions.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
     let results: Vec<&Value> = match v.get("results") {
         Some(Value::Array(rs)) => rs.iter().collect(),
         _ => vec![&v],
@@ -250,7 +285,7 @@ fn tally(
 /// until each request is due, and latency counts from then.
 fn paced_connection(
     addr: SocketAddr,
-    bodies: Vec<(&'static str, String)>,
+    bodies: Vec<(&'static str, &'static str, String)>,
     interval: Duration,
     totals: &Totals,
     recording: &AtomicBool,
@@ -262,7 +297,7 @@ fn paced_connection(
     let mut sender = runtime.block_on(connect(addr))?;
     let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
     let mut due = Instant::now();
-    for (path, body) in bodies.iter().cycle() {
+    for (method, path, body) in bodies.iter().cycle() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -270,7 +305,7 @@ fn paced_connection(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let answer = runtime.block_on(send(&mut sender, path, body))?;
+        let answer = runtime.block_on(send(&mut sender, method, path, body))?;
         tally(totals, recording, &mut latencies, due, answer)?;
     }
     Ok(latencies)

@@ -6,10 +6,12 @@
 //! ```text
 //! cargo build --release && cargo run --release --example loadgen -- \
 //!     --entities 100000 --connections 16 --duration 10 [--warmup 3] [--bare] \
-//!     [--batch 50 [--shape listing|mixed]] [--rate 10000] [--activity on|off] [--seed 42] \
+//!     [--batch 50 [--shape listing|mixed] | --writes] [--rate 10000] [--activity on|off] \
+//!     [--seed 42] \
 //!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180]
 //! ```
-//! Prints the loading rate, decisions/s, latency percentiles, the servers' peak RSS (loading
+//! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
+//! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
 //! included) and CPU, and the activity log's bytes per record.
 
 mod drive;
@@ -30,6 +32,7 @@ pub struct Args {
     batch: usize,
     shape: drive::BatchShape,
     rate: Option<u64>,
+    writes: bool,
     activity: String,
     seed: u64,
     target: Option<SocketAddr>,
@@ -46,6 +49,7 @@ fn parse_args() -> anyhow::Result<Args> {
         batch: 0,
         shape: drive::BatchShape::Mixed,
         rate: None,
+        writes: false,
         activity: "on".to_owned(),
         seed: 42,
         target: None,
@@ -74,6 +78,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seed" => a.seed = value()?.parse()?,
             "--target" => a.target = Some(value()?.parse()?),
             "--bare" => a.bare = true,
+            "--writes" => a.writes = true,
             "--serve-arg" => a.serve_args.push(value()?),
             "--serve-bare" => server::serve_bare(),
             other => bail!("unknown flag {other}"),

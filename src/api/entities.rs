@@ -120,7 +120,7 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     let n = records.len();
     let log = state.activity.enabled();
     let revision = match state.fleet.get() {
-        Some(fleet) => Some(fleet.upsert(&records).await?),
+        Some(fleet) => Some(fleet.upsert(records.clone()).await?),
         None => None,
     };
     let local = revision.is_none();

@@ -118,10 +118,14 @@ pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, Entit
             message: "expected a JSON array of Cedar entities".to_owned(),
         });
     };
-    // Validation is pure CPU and dominates large writes: split it across the cores.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    // Validation is pure CPU and dominates large writes: split it across the cores (asked
+    // once: the answer reads cgroup files, which cost a small write more than validating it).
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let workers = *WORKERS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
+    });
     let chunk = items.len().div_ceil(workers).max(512);
     let parsed: Vec<Result<Vec<Record>, EntityError>> = if items.len() <= chunk {
         vec![parse_items(&items, 0, schema)]

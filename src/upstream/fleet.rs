@@ -83,6 +83,8 @@ pub struct Fleet {
     pub(super) wake: Notify,
     /// Activity records shipped upstream since start (a record sent twice counts twice).
     shipped: AtomicU64,
+    /// Entity writes waiting to be committed together.
+    group: super::group::Group,
 }
 
 impl Fleet {
@@ -102,6 +104,7 @@ impl Fleet {
             epoch: Instant::now(),
             wake: Notify::new(),
             shipped: AtomicU64::new(0),
+            group: super::group::Group::default(),
         })
     }
 
@@ -212,8 +215,8 @@ impl Fleet {
 
     /// Writes `records` upstream as one revision, then waits (at most `--consistency-wait`)
     /// for this replica to apply it; returns the revision's token.
-    pub async fn upsert(&self, records: &[Record]) -> Result<String, UpstreamError> {
-        let committed = self.upstream.upsert(records).await?;
+    pub async fn upsert(&self, records: Vec<Record>) -> Result<String, UpstreamError> {
+        let committed = self.group.upsert(&self.upstream, records).await?;
         self.settle(&committed.upstream, committed.revision).await;
         Ok(token::encode(&committed.upstream, committed.revision))
     }

@@ -1,8 +1,9 @@
 //! Fleet mode: PostgreSQL as the one source of truth for a fleet of sidecars.
 //!
 //! With `serve --upstream postgres://...` entity writes go to PostgreSQL in one transaction
-//! each, which takes the next revision from a single counter row and appends its full change
-//! rows under that revision ([`write`]). The local SQLite store becomes a replica that
+//! each (writes that queue up meanwhile share the next one: [`group`]), which takes the next
+//! revision from a single counter row and appends its full change rows under that revision
+//! ([`write`]). The local SQLite store becomes a replica that
 //! decisions keep reading: [`tail`] follows the change log by revision (LISTEN/NOTIFY only
 //! wakes it), copies a consistent snapshot when the replica is new, far behind or behind the
 //! pruned part of the log, and applies everything through the store's write path so the entity
@@ -18,6 +19,7 @@
 
 pub mod activity;
 pub mod fleet;
+pub mod group;
 pub mod import;
 pub mod ledger;
 pub mod schema;
@@ -51,6 +53,9 @@ pub enum UpstreamError {
     /// No pooled connection could be had.
     #[error("upstream unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// The upstream failed a group of writes this one was committed with (see [`group`]).
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
     /// The upstream did not answer in time.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
@@ -63,6 +68,18 @@ pub enum UpstreamError {
     /// The local store failed (import, replica apply).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+}
+
+impl UpstreamError {
+    /// Whether this failure of a write may come from the write itself rather than from the
+    /// upstream (unreachable, timed out): a parent cycle, or a statement the server refused.
+    pub fn one_write_may_cause(&self) -> bool {
+        match self {
+            UpstreamError::Cycle(_) => true,
+            UpstreamError::Db(db) => db.code().is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// A connection pool to the upstream, for writes and quota decisions.

@@ -1,7 +1,8 @@
 //! The SQLite backend: one WAL-mode database file, one writer connection, a pool of readers.
 //!
-//! Every commit uses `synchronous=FULL`, so a write that was acknowledged survives a process
-//! kill and a power loss. Identifiers are compared with SQLite's default BINARY collation:
+//! Every commit of a write uses `synchronous=FULL`, so a write that was acknowledged survives a
+//! process kill and a power loss (a replica's batches, which the upstream holds, are committed
+//! with `NORMAL`: see `replica`). Identifiers are compared with SQLite's default BINARY collation:
 //! exact and case-sensitive.
 
 use std::collections::HashSet;
@@ -179,6 +180,26 @@ impl SqliteStore {
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// [`SqliteStore::write`] committed with `synchronous=NORMAL`: atomic and kept across a
+    /// process kill, but the last commits may be lost to a power cut (the file stays
+    /// consistent). Only for what can be had again from elsewhere: a replica's batches, which
+    /// roll back together with the position they record and are then fetched again.
+    fn write_relaxed<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let out = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        conn.execute_batch("PRAGMA synchronous=FULL;")?;
+        out
     }
 }
 
