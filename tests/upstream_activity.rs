@@ -216,6 +216,50 @@ async fn a_record_shipped_twice_is_stored_once() {
         .find(|s| s.sidecar == sidecar && s.record.id == 4)
         .unwrap();
     assert_eq!(got.record, record(4), "stored as shipped");
+
+    // Many small batches from two sidecars, interleaved in time: pages of 7 walk all of them
+    // newest first, each record once (reading spans many stored rows per page).
+    let filter = |limit| policyd::activity::Filter {
+        organization: "p".into(),
+        limit,
+        ..Default::default()
+    };
+    let mut expected = Vec::new();
+    for batch in 0..40_i64 {
+        for (n, sidecar) in ["00000000000000cc", "00000000000000dd"].iter().enumerate() {
+            let records: Vec<Record> = (0..3)
+                .map(|k| {
+                    let id = 10 + batch * 3 + k;
+                    let mut r = record(id);
+                    r.time = 1_800_000_000_000_000 + id * 10 + n as i64;
+                    r.organization = Some("p".into());
+                    expected.push((r.time, sidecar.to_string(), id));
+                    r
+                })
+                .collect();
+            assert_eq!(upstream.ship(sidecar, &records).await.unwrap(), 3);
+        }
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    let mut walked = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = upstream
+            .activity(&filter(7), cursor.as_ref())
+            .await
+            .unwrap();
+        assert!(page.records.len() <= 7);
+        walked.extend(
+            page.records
+                .iter()
+                .map(|s| (s.record.time, s.sidecar.clone(), s.record.id)),
+        );
+        match page.next_cursor {
+            Some(c) => cursor = policyd::upstream::activity::Cursor::parse(&c),
+            None => break,
+        }
+    }
+    assert_eq!(walked, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,19 +2,23 @@
 //! `GET /v1/activity` on any sidecar reads the merged trail there.
 //!
 //! Each sidecar's log has a random name born with it ([`ActivityLog::sidecar`]); a record is
-//! stored upstream under `(sidecar, id)`, its id in that log. The shipper asks the upstream
-//! how far it got (the largest id stored under its name), then sends what follows in batches,
-//! each one `INSERT ... ON CONFLICT DO NOTHING`: delivery is at least once (a batch whose
-//! commit was not seen is sent again, after a restart too), storage exactly once. The merged
-//! trail is read newest first by `(time, sidecar, id)`, which is also its page cursor.
+//! known upstream by `(sidecar, id)`, its id in that log. The shipper asks the upstream how
+//! far it got (the largest id stored under its name), then sends what follows in batches; a
+//! batch is stored in one transaction that first drops the records already stored, so
+//! delivery is at least once (a batch whose commit was not seen is sent again, after a
+//! restart too) and storage exactly once. A batch is stored as one row per organization
+//! holding its records as JSON: a row per record cost PostgreSQL more CPU than the decisions
+//! that made them. The merged trail is read newest first by `(time, sidecar, id)`, which is
+//! also its page cursor.
 //!
 //! The upstream trail is kept for the sidecars' `--activity-retention-days`: each sidecar's
 //! shipper deletes the records older than that, every minute.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::types::ToSql;
+use serde::{Deserialize, Serialize};
 
 use super::{Fleet, Upstream, UpstreamError};
 use crate::activity::{ActivityLog, Filter, Kind, Record};
@@ -86,6 +90,60 @@ impl std::fmt::Display for Cursor {
     }
 }
 
+/// A record as shipped: short keys, absent fields left out.
+#[derive(Debug, Serialize, Deserialize)]
+struct Wire {
+    i: i64,
+    t: i64,
+    k: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    d: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    why: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<String>,
+}
+
+impl Wire {
+    fn of(r: &Record) -> Wire {
+        Wire {
+            i: r.id,
+            t: r.time,
+            k: r.kind.as_str().to_owned(),
+            p: r.principal.clone(),
+            a: r.action.clone(),
+            r: r.resource.clone(),
+            d: r.decision.clone(),
+            why: r.reasons.clone(),
+            v: r.policy_revision.clone(),
+        }
+    }
+
+    fn record(self, org: &str) -> Record {
+        Record {
+            id: self.i,
+            time: self.t,
+            kind: Kind::parse(&self.k).unwrap_or(Kind::Decision),
+            principal: self.p,
+            action: self.a,
+            resource: self.r,
+            decision: self.d,
+            reasons: self.why,
+            policy_revision: self.v,
+            organization: (!org.is_empty()).then(|| org.to_owned()),
+        }
+    }
+}
+
+/// The `org` column of policy reloads, which concern every organization.
+const EVERY_ORG: &str = "";
+
 impl Upstream {
     /// The largest id stored under `sidecar` (0: none): where its shipping resumes.
     pub async fn shipped(&self, sidecar: &str) -> Result<i64, UpstreamError> {
@@ -93,7 +151,7 @@ impl Upstream {
             let client = self.client().await?;
             let row = client
                 .query_one(
-                    "SELECT coalesce(max(id), 0) FROM policyd_activity WHERE sidecar = $1",
+                    "SELECT coalesce(max(last_id), 0) FROM policyd_activity WHERE sidecar = $1",
                     &[&sidecar],
                 )
                 .await?;
@@ -102,63 +160,59 @@ impl Upstream {
         .await
     }
 
-    /// Stores `records` of `sidecar` in one statement; those already stored are skipped.
-    /// Returns how many were new.
+    /// Stores `records` of `sidecar` (ids increasing), skipping those already stored: one row
+    /// per organization. Records of no organization (never listed) are not kept. Returns how
+    /// many records were new.
     pub async fn ship(&self, sidecar: &str, records: &[Record]) -> Result<u64, UpstreamError> {
-        let mut ids = Vec::with_capacity(records.len());
-        let mut times = Vec::with_capacity(records.len());
-        let mut kinds = Vec::with_capacity(records.len());
-        let mut orgs = Vec::with_capacity(records.len());
-        let mut principals = Vec::with_capacity(records.len());
-        let mut actions = Vec::with_capacity(records.len());
-        let mut resources = Vec::with_capacity(records.len());
-        let mut decisions = Vec::with_capacity(records.len());
-        let mut reasons = Vec::with_capacity(records.len());
-        let mut revisions = Vec::with_capacity(records.len());
-        for r in records {
-            ids.push(r.id);
-            times.push(r.time);
-            kinds.push(r.kind.as_str());
-            orgs.push(r.organization.as_deref());
-            principals.push(r.principal.as_deref());
-            actions.push(r.action.as_deref());
-            resources.push(r.resource.as_deref());
-            decisions.push(r.decision.as_deref());
-            reasons.push(serde_json::to_string(&r.reasons).unwrap_or_else(|_| "[]".to_owned()));
-            revisions.push(r.policy_revision.as_deref());
-        }
         self.timed(async {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "INSERT INTO policyd_activity
-                         (sidecar, id, time, kind, org, principal, action, resource, decision,
-                          reasons, policy_revision)
-                     SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-                     ON CONFLICT (sidecar, id) DO NOTHING",
-                    &[
-                        &sidecar,
-                        &ids,
-                        &times,
-                        &kinds,
-                        &orgs,
-                        &principals,
-                        &actions,
-                        &resources,
-                        &decisions,
-                        &reasons,
-                        &revisions,
-                    ],
-                )
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // Shippers of one sidecar take turns (the loop and the one at shutdown).
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sidecar])
                 .await?;
-            Ok(n)
+            let stored: i64 = tx
+                .query_one(
+                    "SELECT coalesce(max(last_id), 0) FROM policyd_activity WHERE sidecar = $1",
+                    &[&sidecar],
+                )
+                .await?
+                .get(0);
+            let fresh: Vec<&Record> = records.iter().filter(|r| r.id > stored).collect();
+            let Some(last_id) = fresh.iter().map(|r| r.id).max() else {
+                return Ok(0);
+            };
+            let mut by_org: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+            for r in &fresh {
+                let org = match (r.kind, r.organization.as_deref()) {
+                    (Kind::PolicyReload, _) => EVERY_ORG,
+                    (_, Some(org)) => org,
+                    (_, None) => continue,
+                };
+                by_org.entry(org).or_default().push(r);
+            }
+            let (mut orgs, mut newest, mut oldest, mut payloads) = (vec![], vec![], vec![], vec![]);
+            for (org, rs) in &by_org {
+                let wire: Vec<Wire> = rs.iter().map(|r| Wire::of(r)).collect();
+                orgs.push(*org);
+                newest.push(rs.iter().map(|r| r.time).max().unwrap_or(0));
+                oldest.push(rs.iter().map(|r| r.time).min().unwrap_or(0));
+                payloads.push(serde_json::to_string(&wire).unwrap_or_else(|_| "[]".to_owned()));
+            }
+            tx.execute(
+                "INSERT INTO policyd_activity (sidecar, last_id, org, newest, oldest, records)
+                 SELECT $1, $2, * FROM unnest($3::text[], $4::int8[], $5::int8[], $6::text[])
+                 ON CONFLICT DO NOTHING",
+                &[&sidecar, &last_id, &orgs, &newest, &oldest, &payloads],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(fresh.len() as u64)
         })
         .await
     }
 
-    /// Deletes the merged trail's records older than `cutoff` (microseconds since the Unix
-    /// epoch), in chunks; returns how many.
+    /// Deletes the merged trail's rows whose every record is older than `cutoff`
+    /// (microseconds since the Unix epoch), in chunks; returns how many rows.
     pub async fn expire_activity(&self, cutoff: i64) -> Result<u64, UpstreamError> {
         let mut total = 0;
         loop {
@@ -168,7 +222,7 @@ impl Upstream {
                     Ok(client
                         .execute(
                             "DELETE FROM policyd_activity WHERE ctid IN (
-                                 SELECT ctid FROM policyd_activity WHERE time < $1 LIMIT $2)",
+                                 SELECT ctid FROM policyd_activity WHERE newest < $1 LIMIT $2)",
                             &[&cutoff, &EXPIRE_CHUNK],
                         )
                         .await?)
@@ -183,129 +237,116 @@ impl Upstream {
 
     /// One page of the merged trail, newest first, as [`Filter`] says (its `before_id` is
     /// not used: `cursor` is this trail's position).
+    ///
+    /// Rows are read newest first by their newest record; every record of a later row is at
+    /// most as new as that row's newest, so reading stops once the page's last record is
+    /// newer than the next row's newest.
     pub async fn activity(
         &self,
         filter: &Filter,
         cursor: Option<&Cursor>,
     ) -> Result<MergedPage, UpstreamError> {
-        let mut rows = self
-            .timed(select(self, filter, cursor, Select::Organization))
-            .await?;
         // Policy reloads concern every organization: listed unless a filter excludes them.
         let reloads = filter.principal.is_none()
             && filter.resource.is_none()
             && filter.action.is_none()
             && filter.kind.is_none_or(|k| k == Kind::PolicyReload);
+        let mut orgs = vec![filter.organization.clone()];
         if reloads {
-            rows.extend(
-                self.timed(select(self, filter, cursor, Select::Reloads))
-                    .await?,
-            );
-            // Newest first, as PostgreSQL orders them ("C" collation: byte-wise, like `str`).
-            let key = |s: &Shipped| (s.record.time, s.sidecar.clone(), s.record.id);
-            rows.sort_by_key(|s| std::cmp::Reverse(key(s)));
+            orgs.push(EVERY_ORG.to_owned());
         }
-        rows.truncate(filter.limit + 1);
-        let next_cursor = if rows.len() > filter.limit {
-            rows.truncate(filter.limit);
-            rows.last().map(|r| Cursor::of(r).to_string())
+        let upper = [cursor.map(|c| c.time), filter.until]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(i64::MAX);
+        let lower = filter.since.unwrap_or(i64::MIN);
+        let want = filter.limit + 1;
+        let key = |s: &Shipped| (s.record.time, s.sidecar.clone(), s.record.id);
+        let mut found: Vec<Shipped> = Vec::new();
+        let mut below: Option<(i64, String, i64)> = None;
+        loop {
+            let rows = self
+                .timed(async {
+                    let client = self.client().await?;
+                    Ok(client
+                        .query(
+                            "SELECT sidecar, last_id, org, newest, records FROM policyd_activity
+                             WHERE org = ANY($1) AND oldest <= $2 AND newest >= $3
+                               AND ($4::int8 IS NULL OR (newest, sidecar, last_id) < ($4, $5, $6))
+                             ORDER BY newest DESC, sidecar DESC, last_id DESC LIMIT $7",
+                            &[
+                                &orgs,
+                                &upper,
+                                &lower,
+                                &below.as_ref().map(|b| b.0),
+                                &below.as_ref().map_or("", |b| b.1.as_str()),
+                                &below.as_ref().map_or(0, |b| b.2),
+                                &ROWS_PER_READ,
+                            ],
+                        )
+                        .await?)
+                })
+                .await?;
+            let exhausted = rows.len() < ROWS_PER_READ as usize;
+            for row in &rows {
+                let sidecar: String = row.get(0);
+                let org: String = row.get(2);
+                let text: String = row.get(4);
+                let wire: Vec<Wire> = serde_json::from_str(&text).unwrap_or_default();
+                for w in wire {
+                    let record = w.record(&org);
+                    let shipped = Shipped {
+                        sidecar: sidecar.clone(),
+                        record,
+                    };
+                    if admits(filter, cursor, &shipped) {
+                        found.push(shipped);
+                    }
+                }
+            }
+            found.sort_by_key(|s| std::cmp::Reverse(key(s)));
+            found.truncate(want);
+            let next_newest = rows.last().map(|r| r.get::<_, i64>(3));
+            below = rows
+                .last()
+                .map(|r| (r.get(3), r.get::<_, String>(0), r.get(1)));
+            let full = found.len() == want
+                && next_newest.is_some_and(|n| found.last().is_some_and(|l| l.record.time > n));
+            if exhausted || full {
+                break;
+            }
+        }
+        let next_cursor = if found.len() > filter.limit {
+            found.truncate(filter.limit);
+            found.last().map(|r| Cursor::of(r).to_string())
         } else {
             None
         };
         Ok(MergedPage {
-            records: rows,
+            records: found,
             next_cursor,
         })
     }
 }
 
-/// Which rows a [`select`] reads.
-#[derive(Clone, Copy)]
-enum Select {
-    /// The organization's own records.
-    Organization,
-    /// Policy reloads (every organization's).
-    Reloads,
-}
+/// Rows read per query of [`Upstream::activity`].
+const ROWS_PER_READ: i64 = 32;
 
-/// Up to `limit + 1` rows newest first.
-async fn select(
-    upstream: &Upstream,
-    f: &Filter,
-    cursor: Option<&Cursor>,
-    which: Select,
-) -> Result<Vec<Shipped>, UpstreamError> {
-    let mut sql = String::from(
-        "SELECT sidecar, id, time, kind, principal, action, resource, decision, reasons,
-                policy_revision, org
-         FROM policyd_activity WHERE ",
-    );
-    let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    let mut arg = |sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync + Send>| {
-        args.push(value);
-        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+/// Whether a record of the merged trail passes the filter and lies before the cursor.
+fn admits(f: &Filter, cursor: Option<&Cursor>, s: &Shipped) -> bool {
+    let r = &s.record;
+    let same = |want: &Option<String>, got: &Option<String>| {
+        want.as_ref().is_none_or(|w| got.as_ref() == Some(w))
     };
-    match which {
-        Select::Organization => arg(&mut sql, "org = ?", Box::new(f.organization.clone())),
-        Select::Reloads => sql.push_str("kind = 'policy_reload'"),
-    }
-    for (column, value) in [
-        ("principal", &f.principal),
-        ("resource", &f.resource),
-        ("action", &f.action),
-    ] {
-        if let Some(v) = value {
-            arg(&mut sql, &format!(" AND {column} = ?"), Box::new(v.clone()));
-        }
-    }
-    if let Some(k) = f.kind {
-        arg(&mut sql, " AND kind = ?", Box::new(k.as_str()));
-    }
-    if let Some(s) = f.since {
-        arg(&mut sql, " AND time >= ?", Box::new(s));
-    }
-    if let Some(u) = f.until {
-        arg(&mut sql, " AND time <= ?", Box::new(u));
-    }
-    if let Some(c) = cursor {
-        arg(&mut sql, " AND (time, sidecar, id) < (?", Box::new(c.time));
-        arg(&mut sql, ", ?", Box::new(c.sidecar.clone()));
-        arg(&mut sql, ", ?)", Box::new(c.id));
-    }
-    sql.push_str(" ORDER BY time DESC, sidecar DESC, id DESC");
-    arg(
-        &mut sql,
-        " LIMIT ?",
-        Box::new(i64::try_from(f.limit + 1).unwrap_or(i64::MAX)),
-    );
-    let client = upstream.client().await?;
-    let params: Vec<&(dyn ToSql + Sync)> = args
-        .iter()
-        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let rows = client.query(&sql, &params).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let kind: String = row.get(3);
-            let reasons: String = row.get(8);
-            Shipped {
-                sidecar: row.get(0),
-                record: Record {
-                    id: row.get(1),
-                    time: row.get(2),
-                    kind: Kind::parse(&kind).unwrap_or(Kind::Decision),
-                    principal: row.get(4),
-                    action: row.get(5),
-                    resource: row.get(6),
-                    decision: row.get(7),
-                    reasons: serde_json::from_str(&reasons).unwrap_or_default(),
-                    policy_revision: row.get(9),
-                    organization: row.get(10),
-                },
-            }
-        })
-        .collect())
+    same(&f.principal, &r.principal)
+        && same(&f.resource, &r.resource)
+        && same(&f.action, &r.action)
+        && f.kind.is_none_or(|k| k == r.kind)
+        && f.since.is_none_or(|t| r.time >= t)
+        && f.until.is_none_or(|t| r.time <= t)
+        && cursor
+            .is_none_or(|c| (r.time, s.sidecar.as_str(), r.id) < (c.time, c.sidecar.as_str(), c.id))
 }
 
 /// Ships this sidecar's activity records upstream until the runtime stops: every

@@ -8,8 +8,10 @@
 //!   for the cycle check and the quota sums).
 //! - `policyd_changes`: the full change rows of each revision (a body, or NULL for a delete).
 //! - `policyd_reservations`: storage reservations, decided upstream so quotas are global.
-//! - `policyd_activity` (version 2): the fleet's one activity trail, each sidecar's records
-//!   under its name and its own ids, so a record shipped twice is stored once.
+//! - `policyd_activity` (version 2): the fleet's one activity trail. A row holds the records
+//!   of one organization from one shipped batch (`org` '' for policy reloads), as JSON, with
+//!   the batch's last id in the sidecar's log and the records' time range: one row per batch
+//!   and organization instead of one per record keeps shipping cheap.
 //!
 //! Key columns use the "C" collation: exact, byte-wise comparison, like the SQLite store.
 
@@ -72,27 +74,22 @@ CREATE INDEX policyd_reservations_by_expiry ON policyd_reservations (expires_at)
 "#,
     r#"
 CREATE TABLE policyd_activity (
-    sidecar         text COLLATE "C" NOT NULL,
-    id              bigint NOT NULL,
-    time            bigint NOT NULL,
-    kind            text   NOT NULL,
-    org             text COLLATE "C",
-    principal       text COLLATE "C",
-    action          text COLLATE "C",
-    resource        text COLLATE "C",
-    decision        text,
-    reasons         text   NOT NULL,
-    policy_revision text,
-    PRIMARY KEY (sidecar, id)
+    sidecar text COLLATE "C" NOT NULL,
+    last_id bigint NOT NULL,
+    org     text COLLATE "C" NOT NULL,
+    newest  bigint NOT NULL,
+    oldest  bigint NOT NULL,
+    records text   NOT NULL,
+    PRIMARY KEY (sidecar, last_id, org)
 );
-CREATE INDEX policyd_activity_by_org ON policyd_activity (org, time, sidecar, id);
-CREATE INDEX policyd_activity_by_principal
-    ON policyd_activity (org, principal, time, sidecar, id) WHERE principal IS NOT NULL;
-CREATE INDEX policyd_activity_by_resource
-    ON policyd_activity (org, resource, time, sidecar, id) WHERE resource IS NOT NULL;
-CREATE INDEX policyd_activity_reloads
-    ON policyd_activity (time, sidecar, id) WHERE kind = 'policy_reload';
-CREATE INDEX policyd_activity_by_time ON policyd_activity (time);
+CREATE INDEX policyd_activity_by_org ON policyd_activity (org, newest);
+CREATE INDEX policyd_activity_by_time ON policyd_activity (newest);
+-- lz4 compresses a batch's JSON several times faster than PostgreSQL's default (pglz), where
+-- the server was built with it.
+DO $$ BEGIN
+    ALTER TABLE policyd_activity ALTER COLUMN records SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
 "#,
 ];
 
