@@ -130,26 +130,14 @@ pub(super) fn sidecar(conn: &Connection) -> Result<i64, StoreError> {
 /// Up to `limit` records with ids above `id`, oldest first (the fleet ships them upstream).
 pub(super) fn after(conn: &Connection, id: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
     let epoch = epoch(conn)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, time, kind, principal, action, resource, reasons, revision, org
-         FROM records WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ROW_COLUMNS} FROM records WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
     let rows = stmt
-        .query_map(params![id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                [
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ],
-            ))
-        })?
+        .query_map(
+            params![id, i64::try_from(limit).unwrap_or(i64::MAX)],
+            stored_row,
+        )?
         .collect::<Result<Vec<Row>, _>>()?;
     resolve(conn, epoch, &rows)
 }
@@ -362,6 +350,26 @@ pub(super) fn query(conn: &Connection, f: &Filter) -> Result<Page, StoreError> {
 /// A stored row before its names are resolved.
 type Row = (i64, i64, i64, [Option<i64>; 6]);
 
+/// The columns a [`Row`] is read from, in [`stored_row`]'s order.
+const ROW_COLUMNS: &str = "id, time, kind, principal, action, resource, reasons, revision, org";
+
+/// Reads a [`Row`] from a result row of [`ROW_COLUMNS`].
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        [
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ],
+    ))
+}
+
 /// Bits of the id below the segment (see the schema).
 const SEGMENT_BITS: u32 = 16;
 
@@ -395,9 +403,8 @@ fn select(
     if let Some(u) = f.until {
         hi = hi.min(first_id_at_or_after(conn, u - epoch + 1)?);
     }
-    let mut sql = String::from(
-        "SELECT id, time, kind, principal, action, resource, reasons, revision, org
-         FROM records WHERE (id >> 16) = ? AND org = ? AND id >= ? AND id < ?",
+    let mut sql = format!(
+        "SELECT {ROW_COLUMNS} FROM records WHERE (id >> 16) = ? AND org = ? AND id >= ? AND id < ?"
     );
     let mut args: Vec<i64> = vec![0, org, lo, hi];
     for (column, value) in ["principal", "resource", "action"].iter().zip(filters) {
@@ -432,21 +439,7 @@ fn select(
         if let Some(n) = args.last_mut() {
             *n = i64::try_from(want - out.len()).unwrap_or(i64::MAX);
         }
-        let rows = stmt.query_map(params_from_iter(&args), |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                [
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ],
-            ))
-        })?;
+        let rows = stmt.query_map(params_from_iter(&args), stored_row)?;
         for row in rows {
             out.push(row?);
         }

@@ -141,6 +141,9 @@ impl Wire {
     }
 }
 
+/// The largest record id stored under a sidecar's name (0: none).
+const SHIPPED: &str = "SELECT coalesce(max(last_id), 0) FROM policyd_activity WHERE sidecar = $1";
+
 /// The `org` column of policy reloads, which concern every organization.
 const EVERY_ORG: &str = "";
 
@@ -149,12 +152,7 @@ impl Upstream {
     pub async fn shipped(&self, sidecar: &str) -> Result<i64, UpstreamError> {
         self.timed(async {
             let client = self.client().await?;
-            let row = client
-                .query_one(
-                    "SELECT coalesce(max(last_id), 0) FROM policyd_activity WHERE sidecar = $1",
-                    &[&sidecar],
-                )
-                .await?;
+            let row = client.query_one(SHIPPED, &[&sidecar]).await?;
             Ok(row.get(0))
         })
         .await
@@ -170,13 +168,7 @@ impl Upstream {
             // Shippers of one sidecar take turns (the loop and the one at shutdown).
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sidecar])
                 .await?;
-            let stored: i64 = tx
-                .query_one(
-                    "SELECT coalesce(max(last_id), 0) FROM policyd_activity WHERE sidecar = $1",
-                    &[&sidecar],
-                )
-                .await?
-                .get(0);
+            let stored: i64 = tx.query_one(SHIPPED, &[&sidecar]).await?.get(0);
             let fresh: Vec<&Record> = records.iter().filter(|r| r.id > stored).collect();
             let Some(last_id) = fresh.iter().map(|r| r.id).max() else {
                 return Ok(0);
