@@ -68,6 +68,8 @@ pub struct Applied {
     pub upstream: Option<Arc<str>>,
     /// The last revision applied.
     pub revision: i64,
+    /// Its token, made once per revision rather than once per decision.
+    pub token: Option<Arc<str>>,
 }
 
 /// The fleet state one sidecar shares between its handlers and its replica tail.
@@ -93,6 +95,7 @@ impl Fleet {
         let timeout = (config.max_staleness / 2).clamp(OP_TIMEOUT_MIN, OP_TIMEOUT_MAX);
         let upstream = Upstream::new(&config.url, timeout)?;
         let applied = position.map_or_else(Applied::default, |p| Applied {
+            token: Some(token::encode(&p.upstream, p.revision).into()),
             upstream: Some(p.upstream.into()),
             revision: p.revision,
         });
@@ -125,11 +128,7 @@ impl Fleet {
 
     /// The token of the applied revision; `None` before the first copy.
     pub fn token(&self) -> Option<String> {
-        let applied = self.applied.borrow();
-        applied
-            .upstream
-            .as_deref()
-            .map(|id| token::encode(id, applied.revision))
+        self.applied.borrow().token.as_deref().map(str::to_owned)
     }
 
     /// Refuses when the replica has not confirmed it is caught up within `--max-staleness`
@@ -253,6 +252,7 @@ impl Fleet {
                 a.upstream = Some(position.upstream.as_str().into());
             }
             a.revision = position.revision;
+            a.token = Some(token::encode(&position.upstream, position.revision).into());
         });
     }
 
