@@ -155,25 +155,7 @@ impl Daemon {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (StatusCode, hyper::HeaderMap, Value) {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "policyd");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let (status, headers) = (resp.status(), resp.headers().clone());
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let (status, headers, bytes) = Client(self.addr).send(method, path, headers, body).await;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, headers, value)
     }
@@ -246,7 +228,9 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let (status, bytes) = self.send(method, path, headers, body).await;
+        let json = [("content-type", "application/json")];
+        let all: Vec<(&str, &str)> = json.iter().chain(headers).copied().collect();
+        let (status, _, bytes) = self.send(method, path, &all, body).await;
         let value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -262,17 +246,18 @@ impl Client {
 
     /// A GET whose answer is text (`/metrics`); status and body.
     pub async fn text(&self, path: &str) -> (StatusCode, String) {
-        let (status, bytes) = self.send("GET", path, &[], Vec::new()).await;
+        let (status, _, bytes) = self.send("GET", path, &[], Vec::new()).await;
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Sends a request with exactly these headers (and `host`); status, headers and body.
     async fn send(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
-    ) -> (StatusCode, Bytes) {
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
         let stream = TcpStream::connect(self.0).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -282,15 +267,15 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "policyd")
-            .header("content-type", "application/json");
+            .header("host", "policyd");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body))).unwrap();
         let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status();
-        (status, resp.into_body().collect().await.unwrap().to_bytes())
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, bytes)
     }
 }
 
