@@ -9,15 +9,8 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use policyd::upstream::token;
-use serde_json::{Value, json};
-use upstream_support::{Proxy, Sidecar, policies, test_db, upstream_cli, user};
-
-fn revision_of(body: &Value) -> i64 {
-    let t = body["revision"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no revision in {body}"));
-    token::decode(t).unwrap().revision
-}
+use serde_json::json;
+use upstream_support::{Proxy, Sidecar, policies, revision_of, test_db, upstream_cli, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_sidecar_is_decided_on_another_at_its_token() {

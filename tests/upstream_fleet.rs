@@ -13,15 +13,8 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use policyd::upstream::token;
-use serde_json::{Value, json};
-use upstream_support::{Sidecar, policies, test_db, upstream_cli, user};
-
-fn revision_of(body: &Value) -> i64 {
-    let t = body["revision"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no revision in {body}"));
-    token::decode(t).unwrap().revision
-}
+use serde_json::json;
+use upstream_support::{Sidecar, policies, revision_of, test_db, upstream_cli, user};
 
 /// The `q`-quantile of sorted durations (nearest rank).
 fn quantile(sorted: &[Duration], q: f64) -> Duration {

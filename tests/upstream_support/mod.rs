@@ -234,6 +234,14 @@ impl Sidecar {
     }
 }
 
+/// The revision named by the token in an answer's `"revision"`.
+pub fn revision_of(body: &Value) -> i64 {
+    let t = body["revision"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no revision in {body}"));
+    policyd::upstream::token::decode(t).unwrap().revision
+}
+
 /// A user entity, a member of `Group::"readers"` or of nothing.
 pub fn user(id: &str, reader: bool) -> Value {
     let parents = if reader {
