@@ -426,7 +426,16 @@ async fn no_request_fails_or_mixes_snapshots_while_reloading_under_load() {
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    // The last write restored the full set.
+    // Rapid edits may each be reloaded after the next one landed (a slow machine, reloads
+    // coalesced): hold the closed set until requests that started under it have answered, so
+    // both sets are certainly served while the workers run.
+    std::fs::write(&file, &empty).unwrap();
+    until_decision(&d, DAVE, VIEW, CORPUS, "Deny").await;
+    let under_new = answered.load(Ordering::Relaxed) + 8;
+    while answered.load(Ordering::Relaxed) < under_new {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(&file, &full).unwrap();
     until_decision(&d, DAVE, VIEW, CORPUS, "Allow").await;
     done.store(true, Ordering::Relaxed);
     let mut seen = std::collections::HashSet::new();
