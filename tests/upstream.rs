@@ -147,6 +147,25 @@ async fn a_write_on_one_sidecar_is_decided_on_another_at_its_token() {
     assert_eq!(body["error"]["code"], "hierarchy_cycle");
     let (status, _) = a.call("GET", "/v1/entities/Group/g1", &[], None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A cycle closed through entities of earlier writes, and a self-loop, are refused too.
+    let group = |id: &str, parent: &str| json!([{"uid": {"type": "Group", "id": id}, "attrs": {}, "parents": [{"type": "Group", "id": parent}]}]);
+    for (id, parent) in [("g1", "g2"), ("g2", "g3")] {
+        let (status, body) = a
+            .call("PUT", "/v1/entities", &[], Some(&group(id, parent)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (id, parent) in [("g3", "g1"), ("g4", "g4")] {
+        let (status, body) = a
+            .call("PUT", "/v1/entities", &[], Some(&group(id, parent)))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "hierarchy_cycle", "{id}: {body}");
+        let path = format!("/v1/entities/Group/{id}");
+        let (status, _) = a.call("GET", &path, &[], None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -218,12 +218,16 @@ impl Statements {
                  FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS w(t, i, b, s)",
             ),
             // After every edge is in: a cycle through several entities of this write, or
-            // through an earlier one, is found.
+            // through an earlier one, is found. A cycle has a new edge, whose child is on it
+            // and so is some entity's parent: the walk starts only from written entities
+            // that have children (leaves, most of a bulk write, cannot close one).
             tx.prepare_cached(
                 "WITH RECURSIVE up (st, si, t, i) AS (
                      SELECT w.t, w.i, p.ptype, p.pid
                      FROM unnest($1::text[], $2::text[]) AS w(t, i)
                      JOIN policyd_parents p ON p.ctype = w.t AND p.cid = w.i
+                     WHERE EXISTS (SELECT 1 FROM policyd_parents c
+                                   WHERE c.ptype = w.t AND c.pid = w.i)
                      UNION
                      SELECT up.st, up.si, p.ptype, p.pid
                      FROM up JOIN policyd_parents p ON p.ctype = up.t AND p.cid = up.i
