@@ -83,12 +83,11 @@ pub async fn finish(state: &Arc<AppState>) {
 /// it is shipped by the next start (shipping resumes from what the upstream has).
 async fn ship_last(fleet: &Fleet, log: &Arc<ActivityLog>) {
     const LIMIT: Duration = Duration::from_secs(2);
-    let reader = log.clone();
-    let Ok(Ok(Some(sidecar))) = tokio::task::spawn_blocking(move || reader.sidecar()).await else {
+    let Some(follower) = crate::upstream::activity::follower(log).await else {
         return;
     };
     let mut shipped = None;
-    let shipping = crate::upstream::activity::ship_pending(fleet, log, &sidecar, &mut shipped);
+    let shipping = crate::upstream::activity::ship_pending(fleet, &follower, &mut shipped);
     match tokio::time::timeout(LIMIT, shipping).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {

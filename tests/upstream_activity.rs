@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
-use policyd::activity::{Kind, Record};
+use policyd::activity::{Batch, Kind, Record, Row, Verdict};
 use policyd::upstream::Upstream;
 use serde_json::{Value, json};
 use upstream_support::{Proxy, Sidecar, test_db, upstream_cli};
@@ -168,6 +168,36 @@ async fn every_sidecar_reads_the_merged_trail() {
     assert!(a.metric("policyd_activity_records_shipped_total").await >= 7.0);
 }
 
+/// `records` as a sidecar's log would hand them to its shipper: names as ids, with their texts.
+fn batch(records: &[Record]) -> Batch {
+    let mut out = Batch::default();
+    let mut ids: BTreeMap<String, i64> = BTreeMap::new();
+    let mut name = |text: Option<String>| {
+        let Some(text) = text else { return 0 };
+        let next = ids.len() as i64 + 1;
+        let id = *ids.entry(text.clone()).or_insert(next);
+        out.names.insert(id, text);
+        id
+    };
+    let rows: Vec<Row> = records
+        .iter()
+        .map(|r| Row {
+            id: r.id,
+            time: r.time,
+            kind: r.kind,
+            verdict: r.decision.as_deref().and_then(Verdict::parse),
+            principal: name(r.principal.clone()),
+            action: name(r.action.clone()),
+            resource: name(r.resource.clone()),
+            reasons: name(Some(serde_json::to_string(&r.reasons).unwrap())),
+            revision: name(r.policy_revision.clone()),
+            organization: name(r.organization.clone()),
+        })
+        .collect();
+    out.rows = rows;
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_shipped_twice_is_stored_once() {
     let Some(db) = test_db("activity_once").await else {
@@ -188,9 +218,9 @@ async fn a_record_shipped_twice_is_stored_once() {
         organization: Some("o".into()),
     };
     let sidecar = "00000000000000aa";
-    let first: Vec<Record> = (1..=3).map(record).collect();
+    let first = batch(&(1..=3).map(record).collect::<Vec<_>>());
     assert_eq!(upstream.ship(sidecar, &first).await.unwrap(), 3);
-    let again: Vec<Record> = (2..=5).map(record).collect();
+    let again = batch(&(2..=5).map(record).collect::<Vec<_>>());
     assert_eq!(
         upstream.ship(sidecar, &again).await.unwrap(),
         2,
@@ -217,6 +247,37 @@ async fn a_record_shipped_twice_is_stored_once() {
         .unwrap();
     assert_eq!(got.record, record(4), "stored as shipped");
 
+    // A row in the first stored form (records as text) is still read.
+    let legacy = json!([{"i": 9, "t": 1_700_000_000_000_009_i64, "k": "decision",
+        "p": "User::\"alice\"", "a": "Action::\"read\"", "r": "Doc::\"d\"", "d": "Allow",
+        "why": ["policy0"], "v": "r1"}]);
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO policyd_activity (sidecar, last_id, org, newest, oldest, records)
+             VALUES ('00000000000000ee', 9, 'o', $1, $1, $2)",
+            &[&1_700_000_000_000_009_i64, &legacy.to_string()],
+        )
+        .await
+        .unwrap();
+    let page = upstream
+        .activity(
+            &policyd::activity::Filter {
+                organization: "o".into(),
+                limit: 100,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let got = page
+        .records
+        .iter()
+        .find(|s| s.sidecar == "00000000000000ee")
+        .unwrap();
+    assert_eq!(got.record, record(9));
+
     // Many small batches from two sidecars, interleaved in time: pages of 7 walk all of them
     // newest first, each record once (reading spans many stored rows per page).
     let filter = |limit| policyd::activity::Filter {
@@ -225,11 +286,11 @@ async fn a_record_shipped_twice_is_stored_once() {
         ..Default::default()
     };
     let mut expected = Vec::new();
-    for batch in 0..40_i64 {
+    for round in 0..40_i64 {
         for (n, sidecar) in ["00000000000000cc", "00000000000000dd"].iter().enumerate() {
             let records: Vec<Record> = (0..3)
                 .map(|k| {
-                    let id = 10 + batch * 3 + k;
+                    let id = 10 + round * 3 + k;
                     let mut r = record(id);
                     r.time = 1_800_000_000_000_000 + id * 10 + n as i64;
                     r.organization = Some("p".into());
@@ -237,7 +298,7 @@ async fn a_record_shipped_twice_is_stored_once() {
                     r
                 })
                 .collect();
-            assert_eq!(upstream.ship(sidecar, &records).await.unwrap(), 3);
+            assert_eq!(upstream.ship(sidecar, &batch(&records)).await.unwrap(), 3);
         }
     }
     expected.sort_by(|a, b| b.cmp(a));

@@ -7,13 +7,12 @@
 //! are the rowid, so records are appended in id order and pages fill completely; three indexes
 //! serve the per-organization queries.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
-use super::names::{self, Names};
+use super::names::{self, Names, Texts};
 use super::{Entry, Kind, Queued, Record, Verdict};
 use crate::store::StoreError;
 
@@ -127,19 +126,24 @@ pub(super) fn sidecar(conn: &Connection) -> Result<i64, StoreError> {
     )
 }
 
-/// Up to `limit` records with ids above `id`, oldest first (the fleet ships them upstream).
-pub(super) fn after(conn: &Connection, id: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
-    let epoch = epoch(conn)?;
+/// Up to `limit` stored rows with ids above `id`, oldest first, times absolute (the fleet
+/// ships them upstream).
+pub(super) fn rows_after(
+    conn: &Connection,
+    epoch: i64,
+    id: i64,
+    limit: usize,
+) -> Result<Vec<Row>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {ROW_COLUMNS} FROM records WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))?;
-    let rows = stmt
-        .query_map(
-            params![id, i64::try_from(limit).unwrap_or(i64::MAX)],
-            stored_row,
-        )?
-        .collect::<Result<Vec<Row>, _>>()?;
-    resolve(conn, epoch, &rows)
+    let rows = stmt.query_map(
+        params![id, i64::try_from(limit).unwrap_or(i64::MAX)],
+        stored_row,
+    )?;
+    rows.map(|r| r.map(|(id, time, code, names)| (id, time + epoch, code, names)))
+        .collect::<Result<Vec<Row>, _>>()
+        .map_err(StoreError::from)
 }
 
 /// The last id and time written (0 when empty), so a restarted log continues both.
@@ -260,7 +264,8 @@ fn code(e: &Entry) -> i64 {
     e.kind as i64 * 8 + verdict
 }
 
-fn decode(code: i64) -> (Kind, Option<Verdict>) {
+/// The kind and the decision of a [`code`].
+pub(super) fn decode(code: i64) -> (Kind, Option<Verdict>) {
     let kind = Kind::ALL
         .get(usize::try_from(code / 8).unwrap_or(0))
         .copied()
@@ -340,15 +345,17 @@ pub(super) fn query(conn: &Connection, f: &Filter) -> Result<Page, StoreError> {
     } else {
         None
     };
-    let records = resolve(conn, epoch, &ids)?;
+    let mut texts = Texts::new(ids.len() * 6);
+    let records = resolve(conn, epoch, &mut texts, &ids)?;
     Ok(Page {
         records,
         next_cursor,
     })
 }
 
-/// A stored row before its names are resolved.
-type Row = (i64, i64, i64, [Option<i64>; 6]);
+/// A stored row before its names are resolved: id, time, [`code`], and the name ids of
+/// principal, action, resource, reasons, revision and organization.
+pub(super) type Row = (i64, i64, i64, [Option<i64>; 6]);
 
 /// The columns a [`Row`] is read from, in [`stored_row`]'s order.
 const ROW_COLUMNS: &str = "id, time, kind, principal, action, resource, reasons, revision, org";
@@ -448,25 +455,14 @@ fn select(
     Ok(out)
 }
 
-/// Turns rows into records, reading each distinct name once.
-fn resolve(conn: &Connection, epoch: i64, rows: &[Row]) -> Result<Vec<Record>, StoreError> {
-    let mut texts: HashMap<i64, String> = HashMap::new();
-    let mut name = |id: Option<i64>| -> Result<Option<String>, StoreError> {
-        let Some(id) = id.filter(|id| *id > 0) else {
-            return Ok(None);
-        };
-        if let Some(t) = texts.get(&id) {
-            return Ok(Some(t.clone()));
-        }
-        let text: Option<String> = conn
-            .prepare_cached("SELECT text FROM names WHERE id = ?1")?
-            .query_row(params![id], |r| r.get(0))
-            .optional()?;
-        if let Some(t) = &text {
-            texts.insert(id, t.clone());
-        }
-        Ok(text)
-    };
+/// Turns rows into records, reading each name `texts` does not hold once.
+fn resolve(
+    conn: &Connection,
+    epoch: i64,
+    texts: &mut Texts,
+    rows: &[Row],
+) -> Result<Vec<Record>, StoreError> {
+    let mut name = |id: Option<i64>| texts.get(conn, id.unwrap_or(0));
     rows.iter()
         .map(|&(id, time, code, [p, a, r, reasons, revision, org])| {
             let (kind, verdict) = decode(code);

@@ -10,6 +10,7 @@
 //! (`--activity-max-bytes`), pruning the oldest records first.
 
 mod db;
+mod follow;
 mod names;
 mod writer;
 
@@ -21,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use cedar_policy::EntityUid;
 
 pub use db::{Filter, Page};
+pub use follow::{Batch, Follower, Row};
 
 use crate::config::ActivityConfig;
 use crate::storage::now_micros;
@@ -368,23 +370,12 @@ impl ActivityLog {
         db::query(&db::open_reader(&self.path)?, filter)
     }
 
-    /// The log's name in the fleet's merged trail: a random number born with the log, as 16
-    /// hex digits; `None` when the log is off. Blocking.
-    pub fn sidecar(&self) -> Result<Option<String>, StoreError> {
+    /// A follower of the log (the fleet's shipper); `None` when the log is off. Blocking.
+    pub fn follow(&self) -> Result<Option<Follower>, StoreError> {
         if self.shared.is_none() {
             return Ok(None);
         }
-        let id = db::sidecar(&db::open_reader(&self.path)?)?;
-        Ok(Some(format!("{id:016x}")))
-    }
-
-    /// Up to `limit` committed records with ids above `id`, oldest first. Blocking; opens its
-    /// own read connection.
-    pub fn after(&self, id: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
-        if self.shared.is_none() {
-            return Ok(Vec::new());
-        }
-        db::after(&db::open_reader(&self.path)?, id, limit)
+        Follower::open(&self.path).map(Some)
     }
 
     /// Deletes the records older than `cutoff` (microseconds since the Unix epoch) now, as the

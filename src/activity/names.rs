@@ -1,7 +1,8 @@
 //! The names dictionary: every uid, organization, revision and reason list the log mentions is
 //! stored once in `names` and referred to by its integer id, so a record is a row of small
 //! integers. The writer keeps recently used names in memory (bounded) so interning costs a
-//! hash lookup, not a query.
+//! hash lookup, not a query; a reader that keeps going (the fleet's shipper) keeps the texts
+//! of ids it resolved, which never change once committed (names are never deleted).
 
 use cedar_policy::EntityUid;
 use quick_cache::unsync::Cache;
@@ -10,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::store::StoreError;
 
 /// Names remembered in memory, per kind of key.
-const REMEMBERED: usize = 16_384;
+pub(super) const REMEMBERED: usize = 16_384;
 
 /// The writer's view of the dictionary.
 pub(super) struct Names {
@@ -72,4 +73,37 @@ pub(super) fn find(conn: &Connection, text: &str) -> Result<Option<i64>, StoreEr
         .prepare_cached("SELECT id FROM names WHERE text = ?1")?
         .query_row(params![text], |r| r.get(0))
         .optional()?)
+}
+
+/// A reader's view of the dictionary: the texts of ids it has resolved, bounded.
+pub(super) struct Texts {
+    by_id: Cache<i64, String>,
+}
+
+impl Texts {
+    /// Remembers at most `capacity` texts.
+    pub(super) fn new(capacity: usize) -> Texts {
+        Texts {
+            by_id: Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// The text of name `id` (ids of committed records only: an id a rolled-back transaction
+    /// inserted may be reused); `None` for no name (0) or an id the dictionary lacks.
+    pub(super) fn get(&mut self, conn: &Connection, id: i64) -> Result<Option<String>, StoreError> {
+        if id <= 0 {
+            return Ok(None);
+        }
+        if let Some(t) = self.by_id.get(&id) {
+            return Ok(Some(t.clone()));
+        }
+        let text: Option<String> = conn
+            .prepare_cached("SELECT text FROM names WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        if let Some(t) = &text {
+            self.by_id.insert(id, t.clone());
+        }
+        Ok(text)
+    }
 }

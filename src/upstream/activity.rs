@@ -14,19 +14,19 @@
 //! The upstream trail is kept for the sidecars' `--activity-retention-days`: each sidecar's
 //! shipper deletes the records older than that, every minute.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Fleet, Upstream, UpstreamError};
-use crate::activity::{ActivityLog, Filter, Kind, Record};
+use crate::activity::{ActivityLog, Batch, Filter, Follower, Kind, Record, Row, Verdict};
 
 /// Records sent upstream in one statement.
-const BATCH: usize = 1_000;
+const BATCH: usize = 5_000;
 /// How often the shipper looks for new records.
-const SHIP_EVERY: Duration = Duration::from_millis(250);
+const SHIP_EVERY: Duration = Duration::from_secs(1);
 /// How often the shipper deletes records past the retention.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// Most records one expiry statement deletes.
@@ -90,41 +90,99 @@ impl std::fmt::Display for Cursor {
     }
 }
 
-/// A record as shipped: short keys, absent fields left out.
-#[derive(Debug, Serialize, Deserialize)]
-struct Wire {
+/// One organization's records of one batch as stored upstream (JSON): each record a row of
+/// numbers, `[id, time, kind, verdict, principal, action, resource, reasons, revision]`,
+/// whose names are ids into the row's own dictionary `n` (the sidecar log's name ids; 0 is
+/// none), and the kind and verdict their positions in [`Kind::ALL`] and [`Verdict::ALL`]
+/// (verdict -1: none). Uids repeat across records; stored once per row, a record costs tens
+/// of bytes to encode, send and store instead of its uids' text.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    n: BTreeMap<i64, String>,
+    r: Vec<[i64; 9]>,
+}
+
+impl Stored {
+    fn push(&mut self, row: &Row, names: &HashMap<i64, String>) {
+        for id in row.names() {
+            if let Some(text) = names.get(&id) {
+                self.n.entry(id).or_insert_with(|| text.clone());
+            }
+        }
+        self.r.push([
+            row.id,
+            row.time,
+            row.kind as i64,
+            row.verdict.map_or(-1, |v| v as i64),
+            row.principal,
+            row.action,
+            row.resource,
+            row.reasons,
+            row.revision,
+        ]);
+    }
+
+    /// The records, as a sidecar's own log would show them.
+    fn records(self, org: &str) -> impl Iterator<Item = Record> {
+        let n = self.n;
+        self.r
+            .into_iter()
+            .map(move |[id, time, kind, verdict, p, a, r, why, v]| {
+                let name = |id: i64| n.get(&id).cloned();
+                let index = |i: i64| usize::try_from(i).ok();
+                Record {
+                    id,
+                    time,
+                    kind: index(kind)
+                        .and_then(|k| Kind::ALL.get(k).copied())
+                        .unwrap_or(Kind::Decision),
+                    principal: name(p),
+                    action: name(a),
+                    resource: name(r),
+                    decision: index(verdict)
+                        .and_then(|v| Verdict::ALL.get(v))
+                        .map(|v| v.as_str().to_owned()),
+                    reasons: n
+                        .get(&why)
+                        .and_then(|t| serde_json::from_str(t).ok())
+                        .unwrap_or_default(),
+                    policy_revision: name(v),
+                    organization: (!org.is_empty()).then(|| org.to_owned()),
+                }
+            })
+    }
+}
+
+/// A stored row's records, in either form: [`Stored`], or a list of [`Text`] records (the form
+/// of the first fleet builds, read until it expires).
+fn read_stored(text: &str, org: &str) -> Result<Vec<Record>, UpstreamError> {
+    if text.starts_with('[') {
+        let records: Vec<Text> = serde_json::from_str(text).map_err(|e| {
+            UpstreamError::Schema(format!("a stored activity row is unreadable: {e}"))
+        })?;
+        return Ok(records.into_iter().map(|r| r.record(org)).collect());
+    }
+    let rows: Stored = serde_json::from_str(text)
+        .map_err(|e| UpstreamError::Schema(format!("a stored activity row is unreadable: {e}")))?;
+    Ok(rows.records(org).collect())
+}
+
+/// A record of the first stored form: short keys, names as text.
+#[derive(Deserialize)]
+struct Text {
     i: i64,
     t: i64,
     k: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     p: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     a: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     r: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     d: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     why: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     v: Option<String>,
 }
 
-impl Wire {
-    fn of(r: &Record) -> Wire {
-        Wire {
-            i: r.id,
-            t: r.time,
-            k: r.kind.as_str().to_owned(),
-            p: r.principal.clone(),
-            a: r.action.clone(),
-            r: r.resource.clone(),
-            d: r.decision.clone(),
-            why: r.reasons.clone(),
-            v: r.policy_revision.clone(),
-        }
-    }
-
+impl Text {
     fn record(self, org: &str) -> Record {
         Record {
             id: self.i,
@@ -158,10 +216,10 @@ impl Upstream {
         .await
     }
 
-    /// Stores `records` of `sidecar` (ids increasing), skipping those already stored: one row
-    /// per organization. Records of no organization (never listed) are not kept. Returns how
-    /// many records were new.
-    pub async fn ship(&self, sidecar: &str, records: &[Record]) -> Result<u64, UpstreamError> {
+    /// Stores the records of `batch` of `sidecar` (ids increasing), skipping those already
+    /// stored: one row per organization. Records of no organization (never listed) are not
+    /// kept. Returns how many records were new.
+    pub async fn ship(&self, sidecar: &str, batch: &Batch) -> Result<u64, UpstreamError> {
         self.timed(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
@@ -169,26 +227,32 @@ impl Upstream {
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&sidecar])
                 .await?;
             let stored: i64 = tx.query_one(SHIPPED, &[&sidecar]).await?.get(0);
-            let fresh: Vec<&Record> = records.iter().filter(|r| r.id > stored).collect();
+            let fresh: Vec<&Row> = batch.rows.iter().filter(|r| r.id > stored).collect();
             let Some(last_id) = fresh.iter().map(|r| r.id).max() else {
                 return Ok(0);
             };
-            let mut by_org: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+            let mut by_org: BTreeMap<&str, (Stored, i64, i64)> = BTreeMap::new();
             for r in &fresh {
-                let org = match (r.kind, r.organization.as_deref()) {
+                let org = match (r.kind, batch.names.get(&r.organization)) {
                     (Kind::PolicyReload, _) => EVERY_ORG,
-                    (_, Some(org)) => org,
+                    (_, Some(org)) => org.as_str(),
                     (_, None) => continue,
                 };
-                by_org.entry(org).or_default().push(r);
+                let (rows, newest, oldest) = by_org
+                    .entry(org)
+                    .or_insert_with(|| (Stored::default(), i64::MIN, i64::MAX));
+                rows.push(r, &batch.names);
+                *newest = (*newest).max(r.time);
+                *oldest = (*oldest).min(r.time);
             }
             let (mut orgs, mut newest, mut oldest, mut payloads) = (vec![], vec![], vec![], vec![]);
-            for (org, rs) in &by_org {
-                let wire: Vec<Wire> = rs.iter().map(|r| Wire::of(r)).collect();
+            for (org, (rows, new, old)) in &by_org {
                 orgs.push(*org);
-                newest.push(rs.iter().map(|r| r.time).max().unwrap_or(0));
-                oldest.push(rs.iter().map(|r| r.time).min().unwrap_or(0));
-                payloads.push(serde_json::to_string(&wire).unwrap_or_else(|_| "[]".to_owned()));
+                newest.push(*new);
+                oldest.push(*old);
+                payloads.push(serde_json::to_string(rows).map_err(|e| {
+                    UpstreamError::Schema(format!("encoding activity records failed: {e}"))
+                })?);
             }
             tx.execute(
                 "INSERT INTO policyd_activity (sidecar, last_id, org, newest, oldest, records)
@@ -285,9 +349,8 @@ impl Upstream {
                 let sidecar: String = row.get(0);
                 let org: String = row.get(2);
                 let text: String = row.get(4);
-                let wire: Vec<Wire> = serde_json::from_str(&text).unwrap_or_default();
-                for w in wire {
-                    let record = w.record(&org);
+                let stored = read_stored(&text, &org)?;
+                for record in stored {
                     let shipped = Shipped {
                         sidecar: sidecar.clone(),
                         record,
@@ -341,23 +404,33 @@ fn admits(f: &Filter, cursor: Option<&Cursor>, s: &Shipped) -> bool {
             .is_none_or(|c| (r.time, s.sidecar.as_str(), r.id) < (c.time, c.sidecar.as_str(), c.id))
 }
 
+/// A follower of the log, shared by the shipping loop and the last shipment at shutdown.
+pub type SharedFollower = Arc<Mutex<Follower>>;
+
+/// Opens a follower of `log` for shipping; `None` when the log is off, or (logged) unreadable.
+pub async fn follower(log: &Arc<ActivityLog>) -> Option<SharedFollower> {
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || log.follow()).await {
+        Ok(Ok(f)) => f.map(|f| Arc::new(Mutex::new(f))),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the activity log: its records stay local");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "activity shipping task failed");
+            None
+        }
+    }
+}
+
 /// Ships this sidecar's activity records upstream until the runtime stops: every
 /// [`SHIP_EVERY`], whatever the log committed since the last batch the upstream confirmed;
 /// every [`EXPIRE_EVERY`], deletes the trail's records older than `retention`.
 pub async fn ship_forever(fleet: Arc<Fleet>, log: Arc<ActivityLog>, retention: Duration) {
-    let reader = log.clone();
-    let sidecar = match tokio::task::spawn_blocking(move || reader.sidecar()).await {
-        Ok(Ok(Some(name))) => name,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read the activity log's name: its records stay local");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "activity shipping task failed");
-            return;
-        }
+    let Some(follower) = follower(&log).await else {
+        return;
     };
+    let sidecar = lock(&follower).sidecar().to_owned();
     tracing::info!(%sidecar, "activity: shipping records to the upstream trail");
     let mut shipped = None;
     let mut failing = false;
@@ -367,7 +440,7 @@ pub async fn ship_forever(fleet: Arc<Fleet>, log: Arc<ActivityLog>, retention: D
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match ship_pending(&fleet, &log, &sidecar, &mut shipped).await {
+                match ship_pending(&fleet, &follower, &mut shipped).await {
                     Ok(_) if failing => {
                         tracing::info!("activity: shipping to the upstream resumed");
                         failing = false;
@@ -399,32 +472,37 @@ pub async fn ship_forever(fleet: Arc<Fleet>, log: Arc<ActivityLog>, retention: D
 /// when `shipped` is unknown); returns how many records were new upstream.
 pub async fn ship_pending(
     fleet: &Fleet,
-    log: &Arc<ActivityLog>,
-    sidecar: &str,
+    follower: &SharedFollower,
     shipped: &mut Option<i64>,
 ) -> Result<u64, UpstreamError> {
     let upstream = fleet.upstream();
+    let sidecar = lock(follower).sidecar().to_owned();
     let mut from = match *shipped {
         Some(id) => id,
-        None => upstream.shipped(sidecar).await?,
+        None => upstream.shipped(&sidecar).await?,
     };
     let mut new = 0;
     loop {
-        let reader = log.clone();
-        let batch = tokio::task::spawn_blocking(move || reader.after(from, BATCH))
+        let reader = follower.clone();
+        let batch = tokio::task::spawn_blocking(move || lock(&reader).after(from, BATCH))
             .await
             .map_err(|e| UpstreamError::Schema(format!("activity read task failed: {e}")))??;
-        let Some(last) = batch.last() else {
+        let Some(last) = batch.rows.last() else {
             *shipped = Some(from);
             return Ok(new);
         };
         let last = last.id;
-        new += upstream.ship(sidecar, &batch).await?;
-        fleet.count_shipped(batch.len());
+        new += upstream.ship(&sidecar, &batch).await?;
+        fleet.count_shipped(batch.rows.len());
         from = last;
         *shipped = Some(from);
-        if batch.len() < BATCH {
+        if batch.rows.len() < BATCH {
             return Ok(new);
         }
     }
+}
+
+/// The follower, whoever held it before (it holds no state a panic could leave half made).
+fn lock(follower: &SharedFollower) -> std::sync::MutexGuard<'_, Follower> {
+    follower.lock().unwrap_or_else(|p| p.into_inner())
 }
