@@ -1,15 +1,16 @@
 //! The fleet's one activity trail: every sidecar ships its activity records upstream, and
 //! `GET /v1/activity` on any sidecar reads the merged trail there.
 //!
-//! Each sidecar's log has a random name born with it ([`ActivityLog::sidecar`]); a record is
+//! Each sidecar's log has a random name born with it ([`Follower::sidecar`]); a record is
 //! known upstream by `(sidecar, id)`, its id in that log. The shipper asks the upstream how
-//! far it got (the largest id stored under its name), then sends what follows in batches; a
-//! batch is stored in one transaction that first drops the records already stored, so
-//! delivery is at least once (a batch whose commit was not seen is sent again, after a
-//! restart too) and storage exactly once. A batch is stored as one row per organization
-//! holding its records as JSON: a row per record cost PostgreSQL more CPU than the decisions
-//! that made them. The merged trail is read newest first by `(time, sidecar, id)`, which is
-//! also its page cursor.
+//! far it got (the largest id stored under its name), then sends what follows in batches read
+//! by a [`Follower`]; a batch is stored in one transaction that first drops the records
+//! already stored, so delivery is at least once (a batch whose commit was not seen is sent
+//! again, after a restart too) and storage exactly once. A batch is stored as one row per
+//! organization holding its records as JSON ([`Stored`]: numbers, and one dictionary of the
+//! names they use): a row per record cost PostgreSQL more CPU than the decisions that made
+//! them. The merged trail is read newest first by `(time, sidecar, id)`, which is also its
+//! page cursor.
 //!
 //! The upstream trail is kept for the sidecars' `--activity-retention-days`: each sidecar's
 //! shipper deletes the records older than that, every minute.
