@@ -147,6 +147,10 @@ pub struct FleetArgs {
     /// --db becomes its replica.
     #[arg(long, env = "POLICYD_UPSTREAM")]
     pub upstream: Option<String>,
+    /// A PEM file of CA certificates to trust, beside the system's, for the upstream's TLS
+    /// (the URL's `sslmode=require`).
+    #[arg(long, env = "POLICYD_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
     /// Longest a decision carrying a revision token waits for the replica to apply it.
     #[arg(long, env = "POLICYD_CONSISTENCY_WAIT", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub consistency_wait: Duration,
@@ -164,6 +168,7 @@ impl FleetArgs {
     pub fn config(&self) -> Option<FleetConfig> {
         self.upstream.as_ref().map(|url| FleetConfig {
             url: url.clone(),
+            ca: self.upstream_ca.clone(),
             consistency_wait: self.consistency_wait,
             max_staleness: self.max_staleness,
             serve_stale: self.serve_stale,
@@ -177,6 +182,10 @@ pub struct UpstreamArgs {
     /// The PostgreSQL database (postgres://...).
     #[arg(long, env = "POLICYD_UPSTREAM", global = true)]
     pub upstream: Option<String>,
+    /// A PEM file of CA certificates to trust, beside the system's, for the upstream's TLS
+    /// (the URL's `sslmode=require`).
+    #[arg(long, env = "POLICYD_UPSTREAM_CA", global = true)]
+    pub upstream_ca: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: UpstreamCommand,

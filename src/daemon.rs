@@ -45,6 +45,7 @@ pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
             consistency_wait = ?settings.consistency_wait,
             max_staleness = ?settings.max_staleness,
             upstream = ?fleet.upstream(),
+            tls = fleet.upstream().encrypted(),
             "fleet mode: entity writes go to the upstream; this store is its replica"
         );
         if settings.serve_stale {

@@ -84,7 +84,11 @@ fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let up = Upstream::new(&url, std::time::Duration::from_secs(300))?;
+        let up = Upstream::new(
+            &url,
+            std::time::Duration::from_secs(300),
+            args.upstream_ca.as_deref(),
+        )?;
         let mut client = up.client().await?;
         let (from, to) = upstream::schema::migrate(&mut client).await?;
         drop(client);

@@ -33,8 +33,6 @@ async fn settled(d: &Daemon) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The writer may hold a drained batch that is not committed yet.
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 async fn record(d: &Daemon, org: &str, id: i64) -> Value {

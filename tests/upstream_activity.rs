@@ -204,7 +204,7 @@ async fn a_record_shipped_twice_is_stored_once() {
         return;
     };
     upstream_cli(&db.url, &["migrate"]);
-    let upstream = Upstream::new(&db.url, Duration::from_secs(5)).unwrap();
+    let upstream = Upstream::new(&db.url, Duration::from_secs(5), None).unwrap();
     let record = |id: i64| Record {
         id,
         time: 1_700_000_000_000_000 + id,

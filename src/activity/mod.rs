@@ -16,7 +16,7 @@ mod writer;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use cedar_policy::EntityUid;
@@ -188,7 +188,7 @@ pub struct Record {
 pub struct Stats {
     /// Whether records are kept at all.
     pub enabled: bool,
-    /// Records waiting for the writer.
+    /// Records waiting for the writer, or taken by it and not yet committed.
     pub queued: usize,
     /// Records committed since start.
     pub written: u64,
@@ -213,6 +213,8 @@ pub(crate) struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     capacity: usize,
+    /// Records the writer has taken from the queue and is committing.
+    committing: AtomicUsize,
     written: AtomicU64,
     dropped: AtomicU64,
     failed_batches: AtomicU64,
@@ -260,6 +262,7 @@ impl ActivityLog {
             }),
             wake: Condvar::new(),
             capacity: config.queue.max(1),
+            committing: AtomicUsize::new(0),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
@@ -322,12 +325,10 @@ impl ActivityLog {
             None => Stats::default(),
             Some(s) => Stats {
                 enabled: true,
-                queued: s
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .records
-                    .len(),
+                queued: {
+                    let q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    q.records.len() + s.committing.load(Ordering::Relaxed)
+                },
                 written: s.written.load(Ordering::Relaxed),
                 dropped: s.dropped.load(Ordering::Relaxed),
                 failed_batches: s.failed_batches.load(Ordering::Relaxed),

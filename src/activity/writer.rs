@@ -82,6 +82,9 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
             }
             let n = q.records.len().min(BATCH);
             batch.extend(q.records.drain(..n));
+            // Counted as queued until committed (or lost): set under the queue's lock, so a
+            // reader of the stats never sees the batch in neither place.
+            shared.committing.store(n, Ordering::Relaxed);
             q.stopping && q.records.is_empty()
         };
         if !batch.is_empty() {
@@ -98,6 +101,7 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
                 }
             }
             batch.clear();
+            shared.committing.store(0, Ordering::Relaxed);
         }
         if Instant::now() >= next_expiry {
             expire(&conn, shared, bounds);

@@ -199,7 +199,7 @@ impl From<UpstreamError> for ApiError {
         match e {
             UpstreamError::Cycle(_) => ApiError::HierarchyCycle(e.to_string()),
             UpstreamError::Store(s) => s.into(),
-            UpstreamError::Schema(_) => ApiError::Internal(e.to_string()),
+            UpstreamError::Schema(_) | UpstreamError::Tls(_) => ApiError::Internal(e.to_string()),
             other => ApiError::UpstreamUnavailable(other.to_string()),
         }
     }

@@ -18,6 +18,8 @@ use crate::store::replica::Position;
 pub struct FleetConfig {
     /// The PostgreSQL connection URL.
     pub url: String,
+    /// A PEM file of certificates to trust for the upstream's TLS, beside the system's.
+    pub ca: Option<std::path::PathBuf>,
     /// Longest a decision waits for the replica to apply a token's revision.
     pub consistency_wait: Duration,
     /// Longest the replica may go without confirming it is caught up before decisions are
@@ -31,6 +33,7 @@ impl std::fmt::Debug for FleetConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetConfig")
             .field("url", &"<redacted>")
+            .field("ca", &self.ca)
             .field("consistency_wait", &self.consistency_wait)
             .field("max_staleness", &self.max_staleness)
             .field("serve_stale", &self.serve_stale)
@@ -93,7 +96,7 @@ impl Fleet {
     /// The fleet state of a replica at `position` (from its store), following `config.url`.
     pub fn new(config: FleetConfig, position: Option<Position>) -> Result<Fleet, UpstreamError> {
         let timeout = (config.max_staleness / 2).clamp(OP_TIMEOUT_MIN, OP_TIMEOUT_MAX);
-        let upstream = Upstream::new(&config.url, timeout)?;
+        let upstream = Upstream::new(&config.url, timeout, config.ca.as_deref())?;
         let applied = position.map_or_else(Applied::default, |p| Applied {
             token: Some(token::encode(&p.upstream, p.revision).into()),
             upstream: Some(p.upstream.into()),

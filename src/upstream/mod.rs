@@ -24,14 +24,17 @@ pub mod import;
 pub mod ledger;
 pub mod schema;
 pub mod tail;
+pub mod tls;
 pub mod token;
 pub mod write;
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use fleet::Fleet;
 
@@ -65,6 +68,9 @@ pub enum UpstreamError {
     /// A write would make an entity its own ancestor.
     #[error("writing {0} would make it its own ancestor (a cycle in the parent hierarchy)")]
     Cycle(String),
+    /// TLS to the upstream is misconfigured (see [`tls`]).
+    #[error("upstream TLS: {0}")]
+    Tls(String),
     /// The local store failed (import, replica apply).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -87,6 +93,7 @@ impl UpstreamError {
 pub struct Upstream {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     timeout: Duration,
 }
 
@@ -101,19 +108,21 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// A pool for `url` (no connection is made yet). `timeout` bounds each connect and each
-    /// wait for a pooled connection.
-    pub fn new(url: &str, timeout: Duration) -> Result<Upstream, UpstreamError> {
+    /// A pool for `url` (no connection is made yet), over TLS when the URL says
+    /// `sslmode=require` (trusting the system's roots and `ca`; see [`tls`]). `timeout` bounds
+    /// each connect and each wait for a pooled connection.
+    pub fn new(url: &str, timeout: Duration, ca: Option<&Path>) -> Result<Upstream, UpstreamError> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(UpstreamError::Url)?;
         config.application_name("policyd");
         config.connect_timeout(timeout);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = tls::connector(&config, ca)?;
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config()),
+            None => Manager::from_config(config.clone(), NoTls, manager_config()),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -125,8 +134,14 @@ impl Upstream {
         Ok(Upstream {
             pool,
             config,
+            tls,
             timeout,
         })
+    }
+
+    /// Whether connections to the upstream use TLS.
+    pub fn encrypted(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// A pooled connection.
@@ -134,9 +149,22 @@ impl Upstream {
         Ok(self.pool.get().await?)
     }
 
-    /// The connection settings, for the replica's own (listening) connection.
-    pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    /// A connection of its own, outside the pool (the replica's listening connection), and
+    /// the task that drives it, which hands each notification to `on_notification`.
+    pub async fn connect_listening(
+        &self,
+        on_notification: impl Fn() + Send + 'static,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), UpstreamError> {
+        Ok(match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                (client, tokio::spawn(drive(connection, on_notification)))
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (client, tokio::spawn(drive(connection, on_notification)))
+            }
+        })
     }
 
     /// How long one upstream operation may take.
@@ -152,5 +180,20 @@ impl Upstream {
         tokio::time::timeout(self.timeout, op)
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
+    }
+}
+
+/// Polls a connection until it ends, calling `on_notification` for each notification.
+async fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, on_notification: impl Fn())
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => on_notification(),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls};
+use tokio_postgres::{Client, IsolationLevel};
 
 use super::{CHANNEL, Fleet, UpstreamError, schema};
 use crate::store::replica::{Position, Replicated};
@@ -56,19 +56,10 @@ async fn follow_inner(
     failing: &mut bool,
 ) -> Result<std::convert::Infallible, UpstreamError> {
     let upstream = fleet.upstream();
-    let (mut client, mut connection) = upstream
-        .timed(async { Ok(upstream.config().connect(NoTls).await?) })
-        .await?;
     let waker = fleet.clone();
-    let driver = tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => waker.wake.notify_one(),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
-        }
-    });
+    let (mut client, driver) = upstream
+        .timed(upstream.connect_listening(move || waker.wake.notify_one()))
+        .await?;
     let _driver = AbortOnDrop(driver);
     upstream
         .timed(async {
