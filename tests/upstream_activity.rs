@@ -217,6 +217,11 @@ async fn a_record_shipped_twice_is_stored_once() {
         policy_revision: Some("r1".into()),
         organization: Some("o".into()),
     };
+    let filter = |org: &str, limit| policyd::activity::Filter {
+        organization: org.into(),
+        limit,
+        ..Default::default()
+    };
     let sidecar = "00000000000000aa";
     let first = batch(&(1..=3).map(record).collect::<Vec<_>>());
     assert_eq!(upstream.ship(sidecar, &first).await.unwrap(), 3);
@@ -228,17 +233,7 @@ async fn a_record_shipped_twice_is_stored_once() {
     );
     assert_eq!(upstream.ship("00000000000000bb", &first).await.unwrap(), 3);
     assert_eq!(upstream.shipped(sidecar).await.unwrap(), 5);
-    let page = upstream
-        .activity(
-            &policyd::activity::Filter {
-                organization: "o".into(),
-                limit: 100,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let page = upstream.activity(&filter("o", 100), None).await.unwrap();
     assert_eq!(page.records.len(), 8);
     let got = page
         .records
@@ -260,17 +255,7 @@ async fn a_record_shipped_twice_is_stored_once() {
         )
         .await
         .unwrap();
-    let page = upstream
-        .activity(
-            &policyd::activity::Filter {
-                organization: "o".into(),
-                limit: 100,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let page = upstream.activity(&filter("o", 100), None).await.unwrap();
     let got = page
         .records
         .iter()
@@ -280,11 +265,6 @@ async fn a_record_shipped_twice_is_stored_once() {
 
     // Many small batches from two sidecars, interleaved in time: pages of 7 walk all of them
     // newest first, each record once (reading spans many stored rows per page).
-    let filter = |limit| policyd::activity::Filter {
-        organization: "p".into(),
-        limit,
-        ..Default::default()
-    };
     let mut expected = Vec::new();
     for round in 0..40_i64 {
         for (n, sidecar) in ["00000000000000cc", "00000000000000dd"].iter().enumerate() {
@@ -306,7 +286,7 @@ async fn a_record_shipped_twice_is_stored_once() {
     let mut cursor = None;
     loop {
         let page = upstream
-            .activity(&filter(7), cursor.as_ref())
+            .activity(&filter("p", 7), cursor.as_ref())
             .await
             .unwrap();
         assert!(page.records.len() <= 7);

@@ -105,7 +105,15 @@ struct Stored {
 
 impl Stored {
     fn push(&mut self, row: &Row, names: &HashMap<i64, String>) {
-        for id in row.names() {
+        // The organization is the stored row's own column, not in the records.
+        let used = [
+            row.principal,
+            row.action,
+            row.resource,
+            row.reasons,
+            row.revision,
+        ];
+        for id in used {
             if let Some(text) = names.get(&id) {
                 self.n.entry(id).or_insert_with(|| text.clone());
             }
