@@ -8,8 +8,14 @@
 //!     --entities 100000 --connections 16 --duration 10 [--warmup 3] [--bare] \
 //!     [--batch 50 [--shape listing|mixed] | --writes] [--rate 10000] [--activity on|off] \
 //!     [--seed 42] \
-//!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180]
+//!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180] \
+//!     [--versus-arg=--upstream=postgres://... ... --slices 10]
 //! ```
+//! With `--versus-arg` (repeatable) it starts a second daemon with those extra flags as well,
+//! loads both, then drives them in turns (`--slices` turns each of `--duration` seconds, a
+//! pause between turns so that either daemon's background work lands in its own turn) and
+//! reports each turn's pair and the ratio of the means: two configurations compared in the
+//! same minutes, on a machine whose speed drifts.
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
 //! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
 //! included) and CPU, and the activity log's bytes per record.
@@ -38,6 +44,8 @@ pub struct Args {
     target: Option<SocketAddr>,
     bare: bool,
     serve_args: Vec<String>,
+    versus_args: Vec<String>,
+    slices: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -55,6 +63,8 @@ fn parse_args() -> anyhow::Result<Args> {
         target: None,
         bare: false,
         serve_args: Vec::new(),
+        versus_args: Vec::new(),
+        slices: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -80,6 +90,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--bare" => a.bare = true,
             "--writes" => a.writes = true,
             "--serve-arg" => a.serve_args.push(value()?),
+            "--versus-arg" => a.versus_args.push(value()?),
+            "--slices" => a.slices = value()?.parse()?,
             "--serve-bare" => server::serve_bare(),
             other => bail!("unknown flag {other}"),
         }
@@ -90,6 +102,9 @@ fn parse_args() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let shape = Shape::about(args.entities);
+    if !args.versus_args.is_empty() {
+        return versus(&args, shape);
+    }
     let floor = if args.bare {
         let bare = server::Server::bare()?;
         let run = drive::measure(&args, shape, bare.addr)?;
@@ -123,5 +138,54 @@ fn main() -> anyhow::Result<()> {
             floor.requests_per_sec
         );
     }
+    Ok(())
+}
+
+/// Two daemons, `--serve-arg` flags (A) and those plus `--versus-arg` flags (B), driven in
+/// turns: A, B, B, A, A, B, ... so that a drift in the machine's speed weighs on both alike.
+fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
+    /// Lets the driven daemon's background work (activity commits, shipping) finish before
+    /// the other's turn.
+    const PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut b_args = args.serve_args.clone();
+    b_args.extend(args.versus_args.iter().cloned());
+    let a = server::Server::policyd(&args.activity, &args.serve_args)?;
+    println!("A: {}", load::load(a.addr, shape, args.seed)?);
+    let b = server::Server::policyd(&args.activity, &b_args)?;
+    println!(
+        "B ({}): {}",
+        args.versus_args.join(" "),
+        load::load(b.addr, shape, args.seed)?
+    );
+    let (mut sum_a, mut sum_b) = (0.0, 0.0);
+    for turn in 0..args.slices {
+        let order = if turn % 2 == 0 { [&a, &b] } else { [&b, &a] };
+        let mut rates = [0.0; 2];
+        for (i, daemon) in order.into_iter().enumerate() {
+            std::thread::sleep(PAUSE);
+            rates[i] = drive::measure(args, shape, daemon.addr)?.requests_per_sec;
+        }
+        let (ra, rb) = if turn % 2 == 0 {
+            (rates[0], rates[1])
+        } else {
+            (rates[1], rates[0])
+        };
+        sum_a += ra;
+        sum_b += rb;
+        println!(
+            "turn {turn}: A {ra:.0} requests/s, B {rb:.0}, B/A {:.3}",
+            rb / ra
+        );
+    }
+    let n = args.slices.max(1) as f64;
+    println!(
+        "means over {} turns: A {:.0} requests/s, B {:.0}; B/A {:.3}",
+        args.slices,
+        sum_a / n,
+        sum_b / n,
+        sum_b / sum_a
+    );
+    a.report("A");
+    b.report("B");
     Ok(())
 }
