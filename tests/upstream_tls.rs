@@ -14,7 +14,7 @@ use hyper::StatusCode;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use upstream_support::{Sidecar, policies, test_db, upstream_cli, user};
+use upstream_support::{Sidecar, host_of, policies, test_db, upstream_cli, user, with_host};
 
 /// The first message of a client that asks for TLS: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
@@ -106,10 +106,9 @@ async fn a_fleet_over_tls_verifies_the_upstream_and_encrypts_every_connection() 
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
-    let target = upstream_host(&db.url).expect("host:port in the test URL");
-    let proxy = TlsProxy::start(target, chain, key).await;
+    let proxy = TlsProxy::start(host_of(&db.url).to_owned(), chain, key).await;
     // The certificate names `localhost`; the address is the proxy's.
-    let url = db.via(proxy.addr).replacen("127.0.0.1", "localhost", 1)
+    let url = with_host(&db.url, &format!("localhost:{}", proxy.addr.port()))
         + "?sslmode=require&hostaddr=127.0.0.1";
 
     // Without the CA the server cannot be verified: nothing is sent in the clear instead.
@@ -156,11 +155,4 @@ async fn a_fleet_over_tls_verifies_the_upstream_and_encrypts_every_connection() 
         "pool and listener"
     );
     assert_eq!(proxy.plain.load(Ordering::SeqCst), 0);
-}
-
-/// `host:port` of a postgres:// URL.
-fn upstream_host(url: &str) -> Option<String> {
-    let rest = url.split("://").nth(1)?;
-    let authority = rest.split(['/', '?']).next()?;
-    Some(authority.rsplit('@').next()?.to_owned())
 }

@@ -3,9 +3,9 @@
 //!
 //! A [`Follower`] keeps its read connection (and so its prepared statements) and the texts of
 //! the names it has resolved. A batch is the stored rows, names still as ids, plus the text of
-//! each distinct name they use: no per-record strings are made. Reading records as text (a
-//! fresh connection and name lookups per batch, five strings per record) cost a fleet sidecar
-//! about a tenth of its decision throughput at 25,000 decisions/s.
+//! each distinct name they use: no per-record strings are made. Shipping records read as text
+//! (a fresh connection and name lookups per batch, five strings per record) held a fleet
+//! sidecar to 0.81 of the embedded store's decision rate (BENCHMARKS.md, "Fleet mode").
 
 use std::collections::HashMap;
 use std::path::Path;

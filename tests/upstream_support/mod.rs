@@ -86,6 +86,11 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// `host:port` of a postgres:// URL.
+pub fn host_of(url: &str) -> &str {
+    split(url).2
+}
+
 /// `(scheme, user, host:port)` of a URL.
 fn split(url: &str) -> (&str, &str, &str) {
     let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
@@ -106,7 +111,8 @@ fn with_database(url: &str, db: &str) -> String {
     format!("{scheme}://{authority}/{db}{query}")
 }
 
-fn with_host(url: &str, host: &str) -> String {
+/// `url` with its `host:port` replaced.
+pub fn with_host(url: &str, host: &str) -> String {
     let (scheme, user, old) = split(url);
     let at = if user.is_empty() {
         String::new()
@@ -263,8 +269,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to the host of `url`.
     pub async fn to(url: &str) -> Proxy {
-        let (_, _, target) = split(url);
-        let target = target.to_owned();
+        let target = host_of(url).to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
