@@ -50,6 +50,13 @@ pub struct Run {
     describe: String,
 }
 
+impl Run {
+    /// The 99th percentile of the latency per request, microseconds.
+    pub fn p99_micros(&self) -> u32 {
+        self.latency[1]
+    }
+}
+
 impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [p50, p99, p999, max] = self.latency;

@@ -9,16 +9,20 @@
 //!     [--batch 50 [--shape listing|mixed] | --writes] [--rate 10000] [--activity on|off] \
 //!     [--seed 42] \
 //!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180] \
-//!     [--versus-arg=--upstream=postgres://... ... --slices 10]
+//!     [--versus-arg=--upstream=postgres://... ... | --baseline-bin=/tmp/policyd-old] [--slices 10]
 //! ```
 //! With `--versus-arg` (repeatable) it starts a second daemon with those extra flags as well,
 //! loads both, then drives them in turns (`--slices` turns each of `--duration` seconds, a
 //! pause between turns so that either daemon's background work lands in its own turn) and
 //! reports each turn's pair and the ratio of the means: two configurations compared in the
-//! same minutes, on a machine whose speed drifts.
+//! same minutes, on a machine whose speed drifts. `--baseline-bin` compares two builds the same
+//! way: A runs that executable (say a copy of the last commit's `target/release/policyd`), B
+//! this build's.
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
 //! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
-//! included) and CPU, and the activity log's bytes per record.
+//! included) and CPU, and the activity log's bytes per record: over the whole log, and over the
+//! records added while driving (the decisions; loading also logs one record per entity
+//! written, and names every entity).
 
 mod drive;
 mod load;
@@ -45,6 +49,7 @@ pub struct Args {
     bare: bool,
     serve_args: Vec<String>,
     versus_args: Vec<String>,
+    baseline_bin: Option<std::path::PathBuf>,
     slices: usize,
 }
 
@@ -64,6 +69,7 @@ fn parse_args() -> anyhow::Result<Args> {
         bare: false,
         serve_args: Vec::new(),
         versus_args: Vec::new(),
+        baseline_bin: None,
         slices: 10,
     };
     let mut it = std::env::args().skip(1);
@@ -91,6 +97,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--writes" => a.writes = true,
             "--serve-arg" => a.serve_args.push(value()?),
             "--versus-arg" => a.versus_args.push(value()?),
+            "--baseline-bin" => a.baseline_bin = Some(value()?.into()),
             "--slices" => a.slices = value()?.parse()?,
             "--serve-bare" => server::serve_bare(),
             other => bail!("unknown flag {other}"),
@@ -102,7 +109,7 @@ fn parse_args() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let shape = Shape::about(args.entities);
-    if !args.versus_args.is_empty() {
+    if !args.versus_args.is_empty() || args.baseline_bin.is_some() {
         return versus(&args, shape);
     }
     let floor = if args.bare {
@@ -121,9 +128,10 @@ fn main() -> anyhow::Result<()> {
             run
         }
         None => {
-            let daemon = server::Server::policyd(&args.activity, &args.serve_args)?;
+            let mut daemon = server::Server::policyd(&args.activity, &args.serve_args, None)?;
             let loaded = load::load(daemon.addr, shape, args.seed)?;
             println!("{loaded}");
+            daemon.mark_activity()?;
             let run = drive::measure(&args, shape, daemon.addr)?;
             println!("policyd: {run}");
             daemon.report("policyd");
@@ -141,51 +149,68 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Two daemons, `--serve-arg` flags (A) and those plus `--versus-arg` flags (B), driven in
-/// turns: A, B, B, A, A, B, ... so that a drift in the machine's speed weighs on both alike.
+/// Two daemons, `--serve-arg` flags (A, run from `--baseline-bin` when given) and those plus
+/// `--versus-arg` flags (B), driven in turns: A, B, B, A, A, B, ... so that a drift in the
+/// machine's speed weighs on both alike.
 fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
     /// Lets the driven daemon's background work (activity commits, shipping) finish before
     /// the other's turn.
     const PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
     let mut b_args = args.serve_args.clone();
     b_args.extend(args.versus_args.iter().cloned());
-    let a = server::Server::policyd(&args.activity, &args.serve_args)?;
+    let a = server::Server::policyd(
+        &args.activity,
+        &args.serve_args,
+        args.baseline_bin.as_deref(),
+    )?;
     println!("A: {}", load::load(a.addr, shape, args.seed)?);
-    let b = server::Server::policyd(&args.activity, &b_args)?;
+    let b = server::Server::policyd(&args.activity, &b_args, None)?;
     println!(
         "B ({}): {}",
         args.versus_args.join(" "),
         load::load(b.addr, shape, args.seed)?
     );
     let (mut sum_a, mut sum_b) = (0.0, 0.0);
+    let (mut p99_a, mut p99_b) = (Vec::new(), Vec::new());
     for turn in 0..args.slices {
         let order = if turn % 2 == 0 { [&a, &b] } else { [&b, &a] };
-        let mut rates = [0.0; 2];
-        for (i, daemon) in order.into_iter().enumerate() {
+        let mut runs = Vec::with_capacity(2);
+        for daemon in order {
             std::thread::sleep(PAUSE);
-            rates[i] = drive::measure(args, shape, daemon.addr)?.requests_per_sec;
+            runs.push(drive::measure(args, shape, daemon.addr)?);
         }
-        let (ra, rb) = if turn % 2 == 0 {
-            (rates[0], rates[1])
-        } else {
-            (rates[1], rates[0])
-        };
+        if turn % 2 == 1 {
+            runs.swap(0, 1);
+        }
+        let (ra, rb) = (runs[0].requests_per_sec, runs[1].requests_per_sec);
         sum_a += ra;
         sum_b += rb;
+        p99_a.push(runs[0].p99_micros());
+        p99_b.push(runs[1].p99_micros());
         println!(
-            "turn {turn}: A {ra:.0} requests/s, B {rb:.0}, B/A {:.3}",
+            "turn {turn}: A {ra:.0} requests/s (p99 {} µs), B {rb:.0} (p99 {} µs), B/A {:.3}",
+            runs[0].p99_micros(),
+            runs[1].p99_micros(),
             rb / ra
         );
     }
     let n = args.slices.max(1) as f64;
     println!(
-        "means over {} turns: A {:.0} requests/s, B {:.0}; B/A {:.3}",
+        "means over {} turns: A {:.0} requests/s, B {:.0}; B/A {:.3}; median p99: A {} µs, B {} µs",
         args.slices,
         sum_a / n,
         sum_b / n,
-        sum_b / sum_a
+        sum_b / sum_a,
+        median(&mut p99_a),
+        median(&mut p99_b)
     );
     a.report("A");
     b.report("B");
     Ok(())
+}
+
+/// The median of `values` (0 when empty).
+fn median(values: &mut [u32]) -> u32 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
 }

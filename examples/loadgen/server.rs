@@ -18,17 +18,24 @@ pub struct Server {
     /// The daemon's data directory (store and activity log), removed when dropped.
     dir: Option<tempfile::TempDir>,
     cpu_at_start: Option<f64>,
+    /// The activity log's records and bytes once loading was committed (see
+    /// [`Server::mark_activity`]).
+    activity_at_mark: Option<(i64, u64)>,
 }
 
 impl Server {
-    /// The release daemon on an empty store in a temp dir, with `--activity` and `extra` flags.
-    pub fn policyd(activity: &str, extra: &[String]) -> anyhow::Result<Server> {
+    /// The release daemon (or the executable `bin`, another build of it) on an empty store in
+    /// a temp dir, with `--activity` and `extra` flags.
+    pub fn policyd(activity: &str, extra: &[String], bin: Option<&Path>) -> anyhow::Result<Server> {
         let exe = std::env::current_exe()?;
-        let bin: PathBuf = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("policyd"))
-            .context("cannot locate target dir")?;
+        let bin: PathBuf = match bin {
+            Some(b) => b.to_owned(),
+            None => exe
+                .parent()
+                .and_then(Path::parent)
+                .map(|d| d.join("policyd"))
+                .context("cannot locate target dir")?,
+        };
         anyhow::ensure!(
             bin.exists(),
             "{} is missing: run `cargo build --release` first",
@@ -84,6 +91,7 @@ impl Server {
             child,
             dir: None,
             cpu_at_start,
+            activity_at_mark: None,
         })
     }
 
@@ -103,9 +111,37 @@ impl Server {
             println!("{name} CPU: {:.1} s", end - start);
         }
         if let Some(dir) = &self.dir
-            && let Err(e) = report_activity_size(&dir.path().join("activity.db"))
+            && let Err(e) =
+                report_activity_size(&dir.path().join("activity.db"), self.activity_at_mark)
         {
             println!("activity log: unreadable ({e})");
+        }
+    }
+
+    /// Notes the activity log's size once the records of loading are committed, so the report
+    /// can give what the records added after it (the decisions) cost each.
+    pub fn mark_activity(&mut self) -> anyhow::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let path = dir.path().join("activity.db");
+        if !path.exists() {
+            return Ok(());
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        // The writer commits within a second of the last write: wait until the count holds.
+        let mut last = (-1, 0);
+        loop {
+            let now = log_size(&conn)?;
+            if now.0 == last.0 {
+                self.activity_at_mark = Some(now);
+                return Ok(());
+            }
+            last = now;
+            std::thread::sleep(std::time::Duration::from_millis(1_500));
         }
     }
 
@@ -125,9 +161,18 @@ impl Drop for Server {
     }
 }
 
+/// Records in the log and the bytes its pages hold (the WAL's newer pages included).
+fn log_size(conn: &rusqlite::Connection) -> anyhow::Result<(i64, u64)> {
+    let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok((records, u64::try_from((pages - free) * size).unwrap_or(0)))
+}
+
 /// Bytes the daemon's activity log takes on disk (database and WAL, indexes and names
-/// included) per record it holds.
-fn report_activity_size(path: &Path) -> anyhow::Result<()> {
+/// included) per record it holds; and, given the size at a mark, per record added since.
+fn report_activity_size(path: &Path, mark: Option<(i64, u64)>) -> anyhow::Result<()> {
     if !path.exists() {
         return Ok(());
     }
@@ -143,6 +188,16 @@ fn report_activity_size(path: &Path) -> anyhow::Result<()> {
         "activity log: {records} records, {names} names, {bytes} bytes on disk: {:.1} bytes per record",
         bytes as f64 / records.max(1) as f64
     );
+    if let Some((records_then, bytes_then)) = mark {
+        let conn = rusqlite::Connection::open(path)?;
+        let (records_now, bytes_now) = log_size(&conn)?;
+        let added = records_now - records_then;
+        println!(
+            "activity log, records added while driving: {added}, {:.1} bytes each \
+             ({records_then} records and {bytes_then} bytes after loading)",
+            bytes_now.saturating_sub(bytes_then) as f64 / added.max(1) as f64
+        );
+    }
     Ok(())
 }
 

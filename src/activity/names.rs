@@ -1,6 +1,8 @@
 //! The names dictionary: every uid, organization, revision and reason list the log mentions is
 //! stored once in `names` and referred to by its integer id, so a record is a row of small
-//! integers. The writer keeps recently used names in memory (bounded) so interning costs a
+//! integers. A name is looked up through a 32-bit hash of its text (index `names_by_hash`),
+//! the text compared on the rows that share it: over a large store nearly every resource is
+//! a name, and an index of the texts themselves would store each one twice. The writer keeps recently used names in memory (bounded) so interning costs a
 //! hash lookup, not a query; a reader that keeps going (the fleet's shipper) keeps the texts
 //! of ids it resolved, which never change once committed (names are never deleted).
 
@@ -55,24 +57,59 @@ impl Names {
 }
 
 fn lookup_or_insert(conn: &Connection, text: &str) -> Result<i64, StoreError> {
-    let found = conn
-        .prepare_cached("SELECT id FROM names WHERE text = ?1")?
-        .query_row(params![text], |r| r.get(0))
-        .optional()?;
-    if let Some(id) = found {
+    if let Some(id) = find(conn, text)? {
         return Ok(id);
     }
-    conn.prepare_cached("INSERT INTO names (text) VALUES (?1)")?
-        .execute(params![text])?;
+    conn.prepare_cached("INSERT INTO names (text, hash) VALUES (?1, ?2)")?
+        .execute(params![text, hash(text)])?;
     Ok(conn.last_insert_rowid())
 }
 
 /// The id of `text` for a query filter; `None` when the log never mentioned it.
 pub(super) fn find(conn: &Connection, text: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT id FROM names WHERE text = ?1")?
-        .query_row(params![text], |r| r.get(0))
+        .prepare_cached("SELECT id FROM names WHERE hash = ?1 AND text = ?2")?
+        .query_row(params![hash(text), text], |r| r.get(0))
         .optional()?)
+}
+
+/// The stored hash of a name: 32-bit FNV-1a of its UTF-8 bytes. Part of the file format, so
+/// it must never change (a test pins its values).
+pub(super) fn hash(text: &str) -> i64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    i64::from(h)
+}
+
+/// Rewrites a dictionary of the first form (texts under a `UNIQUE` index) into the hashed
+/// form, keeping every id; nothing to do on a new log or one already hashed. Run inside the
+/// opening transaction, before the schema's `CREATE ... IF NOT EXISTS`.
+pub(super) fn migrate_unique_texts(tx: &Connection) -> Result<(), StoreError> {
+    let columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('names')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if columns.is_empty() || columns.iter().any(|c| c == "hash") {
+        return Ok(());
+    }
+    tx.execute_batch(
+        "CREATE TABLE hashed_names (id INTEGER PRIMARY KEY, text TEXT NOT NULL, hash INTEGER NOT NULL);",
+    )?;
+    {
+        let mut read = tx.prepare("SELECT id, text FROM names")?;
+        let mut write =
+            tx.prepare("INSERT INTO hashed_names (id, text, hash) VALUES (?1, ?2, ?3)")?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, text): (i64, String) = (r.get(0)?, r.get(1)?);
+            write.execute(params![id, text, hash(&text)])?;
+        }
+    }
+    tx.execute_batch("DROP TABLE names; ALTER TABLE hashed_names RENAME TO names;")?;
+    Ok(())
 }
 
 /// A reader's view of the dictionary: the texts of ids it has resolved, bounded.
@@ -105,5 +142,21 @@ impl Texts {
             self.by_id.insert(id, t.clone());
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash is part of the file format: logs written by this version must be found by
+    /// the next.
+    #[test]
+    fn the_stored_hash_is_32_bit_fnv_1a() {
+        assert_eq!(hash(""), 0x811c_9dc5);
+        assert_eq!(hash("a"), 0xe40c_292c);
+        assert_eq!(hash("foobar"), 0xbf9c_f968);
+        assert_eq!(hash("User::\"alice\""), hash("User::\"alice\""));
+        assert_ne!(hash("User::\"alice\""), hash("User::\"alicf\""));
     }
 }

@@ -1,6 +1,7 @@
 //! The writer thread: owns the activity database's write connection, commits queued records in
 //! batches, in id order, and keeps the log within its retention and its size bound.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,7 +43,8 @@ pub(super) fn spawn(
 }
 
 fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
-    let mut batch: Vec<Queued> = Vec::with_capacity(BATCH);
+    // Swapped with the queue's buffer (see below), so both keep their capacity.
+    let mut batch: VecDeque<Queued> = VecDeque::with_capacity(BATCH);
     let mut names = Names::new();
     let epoch = match db::epoch(&conn) {
         Ok(e) => e,
@@ -81,7 +83,13 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
                     .unwrap_or_else(|p| p.into_inner().0);
             }
             let n = q.records.len().min(BATCH);
-            batch.extend(q.records.drain(..n));
+            if n == q.records.len() {
+                // The whole queue changes hands by swapping buffers, so deciding threads wait
+                // on the lock for a moment, never for thousands of records being moved.
+                std::mem::swap(&mut q.records, &mut batch);
+            } else {
+                batch.extend(q.records.drain(..n));
+            }
             // Counted as queued until committed (or lost): set under the queue's lock, so a
             // reader of the stats never sees the batch in neither place.
             shared.committing.store(n, Ordering::Relaxed);
@@ -89,7 +97,7 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
         };
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            match db::insert(&mut conn, &mut names, epoch, &batch) {
+            match db::insert(&mut conn, &mut names, epoch, batch.make_contiguous()) {
                 Ok(()) => {
                     shared.written.fetch_add(n, Ordering::Relaxed);
                     keep_within_size(&conn, shared, bounds);
