@@ -9,13 +9,16 @@
 //!     [--batch 50 [--shape listing|mixed] | --writes] [--rate 10000] [--activity on|off] \
 //!     [--seed 42] \
 //!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180] \
-//!     [--versus-arg=--upstream=postgres://... ... | --baseline-bin=/tmp/policyd-old] [--slices 10]
+//!     [--versus-arg=--upstream=postgres://... ... | --baseline-bin=/tmp/policyd-old \
+//!      | --versus-entities 100000 | --bare] [--slices 10]
 //! ```
 //! With `--versus-arg` (repeatable) it starts a second daemon with those extra flags as well,
 //! loads both, then drives them in turns (`--slices` turns each of `--duration` seconds, a
 //! pause between turns so that either daemon's background work lands in its own turn) and
 //! reports each turn's pair and the ratio of the means: two configurations compared in the
-//! same minutes, on a machine whose speed drifts. `--baseline-bin` compares two builds the same
+//! same minutes, on a machine whose speed drifts. `--bare --slices N` compares the bare hyper
+//! server (A) with the daemon (B) that way; `--versus-entities N` gives B a store of N
+//! entities (uniform access over it) against A's `--entities`. `--baseline-bin` compares two builds the same
 //! way: A runs that executable (say a copy of the last commit's `target/release/policyd`), B
 //! this build's.
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
@@ -50,7 +53,8 @@ pub struct Args {
     serve_args: Vec<String>,
     versus_args: Vec<String>,
     baseline_bin: Option<std::path::PathBuf>,
-    slices: usize,
+    versus_entities: Option<usize>,
+    slices: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -70,7 +74,8 @@ fn parse_args() -> anyhow::Result<Args> {
         serve_args: Vec::new(),
         versus_args: Vec::new(),
         baseline_bin: None,
-        slices: 10,
+        versus_entities: None,
+        slices: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -98,7 +103,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--serve-arg" => a.serve_args.push(value()?),
             "--versus-arg" => a.versus_args.push(value()?),
             "--baseline-bin" => a.baseline_bin = Some(value()?.into()),
-            "--slices" => a.slices = value()?.parse()?,
+            "--versus-entities" => a.versus_entities = Some(value()?.parse()?),
+            "--slices" => a.slices = Some(value()?.parse()?),
             "--serve-bare" => server::serve_bare(),
             other => bail!("unknown flag {other}"),
         }
@@ -109,7 +115,11 @@ fn parse_args() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let shape = Shape::about(args.entities);
-    if !args.versus_args.is_empty() || args.baseline_bin.is_some() {
+    let interleaved = !args.versus_args.is_empty()
+        || args.baseline_bin.is_some()
+        || args.versus_entities.is_some()
+        || (args.bare && args.slices.is_some());
+    if interleaved {
         return versus(&args, shape);
     }
     let floor = if args.bare {
@@ -149,35 +159,49 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Two daemons, `--serve-arg` flags (A, run from `--baseline-bin` when given) and those plus
-/// `--versus-arg` flags (B), driven in turns: A, B, B, A, A, B, ... so that a drift in the
-/// machine's speed weighs on both alike.
+/// Two servers driven in turns: A, B, B, A, A, B, ... so that a drift in the machine's speed
+/// weighs on both alike. A is the daemon with the `--serve-arg` flags (run from
+/// `--baseline-bin` when given), or with `--bare` the bare hyper server; B is the daemon with
+/// those flags plus the `--versus-arg` flags, on a store of `--versus-entities` entities when
+/// given (else the same size as A's).
 fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
     /// Lets the driven daemon's background work (activity commits, shipping) finish before
     /// the other's turn.
     const PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
     let mut b_args = args.serve_args.clone();
     b_args.extend(args.versus_args.iter().cloned());
-    let a = server::Server::policyd(
-        &args.activity,
-        &args.serve_args,
-        args.baseline_bin.as_deref(),
-    )?;
-    println!("A: {}", load::load(a.addr, shape, args.seed)?);
+    let a = if args.bare {
+        println!("A: bare hyper");
+        server::Server::bare()?
+    } else {
+        let a = server::Server::policyd(
+            &args.activity,
+            &args.serve_args,
+            args.baseline_bin.as_deref(),
+        )?;
+        println!("A: {}", load::load(a.addr, shape, args.seed)?);
+        a
+    };
+    let shape_b = args.versus_entities.map_or(shape, Shape::about);
     let b = server::Server::policyd(&args.activity, &b_args, None)?;
     println!(
         "B ({}): {}",
         args.versus_args.join(" "),
-        load::load(b.addr, shape, args.seed)?
+        load::load(b.addr, shape_b, args.seed)?
     );
+    let slices = args.slices.unwrap_or(10);
     let (mut sum_a, mut sum_b) = (0.0, 0.0);
     let (mut p99_a, mut p99_b) = (Vec::new(), Vec::new());
-    for turn in 0..args.slices {
-        let order = if turn % 2 == 0 { [&a, &b] } else { [&b, &a] };
+    for turn in 0..slices {
+        let order = if turn % 2 == 0 {
+            [(&a, shape), (&b, shape_b)]
+        } else {
+            [(&b, shape_b), (&a, shape)]
+        };
         let mut runs = Vec::with_capacity(2);
-        for daemon in order {
+        for (server, shape) in order {
             std::thread::sleep(PAUSE);
-            runs.push(drive::measure(args, shape, daemon.addr)?);
+            runs.push(drive::measure(args, shape, server.addr)?);
         }
         if turn % 2 == 1 {
             runs.swap(0, 1);
@@ -194,10 +218,10 @@ fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
             rb / ra
         );
     }
-    let n = args.slices.max(1) as f64;
+    let n = slices.max(1) as f64;
     println!(
         "means over {} turns: A {:.0} requests/s, B {:.0}; B/A {:.3}; median p99: A {} µs, B {} µs",
-        args.slices,
+        slices,
         sum_a / n,
         sum_b / n,
         sum_b / sum_a,

@@ -12,8 +12,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::StoreError;
 
-/// Names remembered in memory, per kind of key.
-pub(super) const REMEMBERED: usize = 16_384;
+/// Names remembered in memory, per kind of key: enough for the resources a sidecar of a large
+/// store keeps deciding on (a miss is an index lookup in the writer's transaction, per record),
+/// at about 100 bytes each.
+pub(super) const REMEMBERED: usize = 131_072;
 
 /// The writer's view of the dictionary.
 pub(super) struct Names {
