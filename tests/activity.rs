@@ -551,6 +551,9 @@ fn an_old_text_log_is_upgraded_without_losing_a_record() {
     }
     let config = policyd::config::ActivityConfig {
         db_path: path.clone(),
+        // The records are from 2023: kept, or the writer's first expiry pass could delete
+        // them before the query.
+        retention_days: 100_000,
         ..policyd::config::ActivityConfig::beside(&path)
     };
     let log = policyd::activity::ActivityLog::open(&config).unwrap();
@@ -641,13 +644,18 @@ fn a_log_with_unique_name_texts_is_upgraded_keeping_its_ids() {
                 WHERE principal IS NOT NULL;
             CREATE INDEX records_by_resource ON records (id >> 16, org, resource, id)
                 WHERE resource IS NOT NULL;
-            INSERT INTO meta VALUES ('epoch', 1700000000000000), ('sidecar', 7);
             INSERT INTO names VALUES (3, 'acme'), (5, 'User::"dave"'), (8, 'Action::"view"'),
                 (9, 'Project::"nlp"'), (11, '["public.project"]'), (12, 'abc'),
                 (14, 'User::"erin"');
             INSERT INTO records VALUES
                 (1, 3, 10, 1, 5, 8, 9, 11, 12),
                 (2, 3, 20, 1, 14, 8, 9, 11, 12);"#,
+        )
+        .unwrap();
+        // Recent, or the writer's first expiry pass would delete the records under the test.
+        conn.execute(
+            "INSERT INTO meta VALUES ('epoch', ?1), ('sidecar', 7)",
+            [policyd::storage::now_micros() - 1_000_000],
         )
         .unwrap();
     }
