@@ -721,6 +721,21 @@ fn a_log_with_unique_name_texts_is_upgraded_keeping_its_ids() {
     );
 }
 
+/// An activity log at `activity.db` in `dir` whose queue holds `queue` records, and its path.
+fn log_in(
+    dir: &tempfile::TempDir,
+    queue: usize,
+) -> (std::path::PathBuf, policyd::activity::ActivityLog) {
+    let path = dir.path().join("activity.db");
+    let config = policyd::config::ActivityConfig {
+        db_path: path.clone(),
+        queue,
+        ..policyd::config::ActivityConfig::beside(&path)
+    };
+    let log = policyd::activity::ActivityLog::open(&config).unwrap();
+    (path, log)
+}
+
 /// A decision record costs well under 100 bytes on disk (issue 10's bound), its three indexes
 /// and its share of the names dictionary included: on a log of 30,000 records over 4
 /// organizations, 200 principals and 2,000 resources it takes about 70.5. The bound here is 75,
@@ -730,13 +745,7 @@ fn a_log_with_unique_name_texts_is_upgraded_keeping_its_ids() {
 fn a_decision_record_takes_at_most_100_bytes_on_disk() {
     use policyd::activity::{ActivityLog, Entry, Kind, Verdict};
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("activity.db");
-    let config = policyd::config::ActivityConfig {
-        db_path: path.clone(),
-        queue: 1 << 16,
-        ..policyd::config::ActivityConfig::beside(&path)
-    };
-    let log = ActivityLog::open(&config).unwrap();
+    let (path, log) = log_in(&dir, 1 << 16);
     const N: i64 = 30_000;
     for i in 0..N {
         let entry = Entry {
@@ -768,13 +777,7 @@ fn a_decision_record_takes_at_most_100_bytes_on_disk() {
 fn queries_across_segments_equal_a_full_scan() {
     use policyd::activity::{ActivityLog, Entry, Filter, Kind, Verdict};
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("activity.db");
-    let config = policyd::config::ActivityConfig {
-        db_path: path.clone(),
-        queue: 1 << 20,
-        ..policyd::config::ActivityConfig::beside(&path)
-    };
-    let log = ActivityLog::open(&config).unwrap();
+    let (path, log) = log_in(&dir, 1 << 20);
     const N: i64 = 140_000;
     let orgs = ["a", "b"];
     let entry = |i: i64| Entry {

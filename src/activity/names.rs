@@ -2,9 +2,10 @@
 //! stored once in `names` and referred to by its integer id, so a record is a row of small
 //! integers. A name is looked up through a 32-bit hash of its text (index `names_by_hash`),
 //! the text compared on the rows that share it: over a large store nearly every resource is
-//! a name, and an index of the texts themselves would store each one twice. The writer keeps recently used names in memory (bounded) so interning costs a
-//! hash lookup, not a query; a reader that keeps going (the fleet's shipper) keeps the texts
-//! of ids it resolved, which never change once committed (names are never deleted).
+//! a name, and an index of the texts themselves would store each one twice. The writer keeps
+//! recently used names in memory (bounded) so interning costs a hash lookup, not a query; a
+//! reader that keeps going (the fleet's shipper) keeps the texts of ids it resolved, which
+//! never change once committed (names are never deleted).
 
 use cedar_policy::EntityUid;
 use quick_cache::unsync::Cache;
@@ -86,8 +87,9 @@ pub(super) fn hash(text: &str) -> i64 {
     i64::from(h)
 }
 
-/// Rewrites a dictionary of the first form (texts under a `UNIQUE` index) into the hashed
-/// form, keeping every id; nothing to do on a new log or one already hashed. Run inside the
+/// Rewrites a dictionary whose texts sit under a `UNIQUE` index (logs written before the
+/// hashed form) into the hashed form, keeping every id; nothing to do on a new log or one
+/// already hashed. Run inside the
 /// opening transaction, before the schema's `CREATE ... IF NOT EXISTS`.
 pub(super) fn migrate_unique_texts(tx: &Connection) -> Result<(), StoreError> {
     let columns: Vec<String> = tx
