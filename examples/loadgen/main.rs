@@ -18,9 +18,9 @@
 //! reports each turn's pair and the ratio of the means: two configurations compared in the
 //! same minutes, on a machine whose speed drifts. `--bare --slices N` compares the bare hyper
 //! server (A) with the daemon (B) that way; `--versus-entities N` gives B a store of N
-//! entities (uniform access over it) against A's `--entities`. `--baseline-bin` compares two builds the same
-//! way: A runs that executable (say a copy of the last commit's `target/release/policyd`), B
-//! this build's.
+//! entities (uniform access over it) against A's `--entities`; `--baseline-bin` compares two
+//! builds: A runs that executable (say a copy of the last commit's `target/release/policyd`),
+//! B this build's.
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
 //! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
 //! included) and CPU, and the activity log's bytes per record: over the whole log, and over the

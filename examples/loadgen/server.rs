@@ -177,7 +177,8 @@ fn report_activity_size(path: &Path, mark: Option<(i64, u64)>) -> anyhow::Result
         return Ok(());
     }
     let conn = rusqlite::Connection::open(path)?;
-    let records: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+    // Read before the checkpoint, by the same measure as the mark.
+    let (records, bytes_in_pages) = log_size(&conn)?;
     let names: i64 = conn.query_row("SELECT count(*) FROM names", [], |r| r.get(0))?;
     // Fold the WAL into the database so the file holds everything.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -189,13 +190,11 @@ fn report_activity_size(path: &Path, mark: Option<(i64, u64)>) -> anyhow::Result
         bytes as f64 / records.max(1) as f64
     );
     if let Some((records_then, bytes_then)) = mark {
-        let conn = rusqlite::Connection::open(path)?;
-        let (records_now, bytes_now) = log_size(&conn)?;
-        let added = records_now - records_then;
+        let added = records - records_then;
         println!(
             "activity log, records added while driving: {added}, {:.1} bytes each \
              ({records_then} records and {bytes_then} bytes after loading)",
-            bytes_now.saturating_sub(bytes_then) as f64 / added.max(1) as f64
+            bytes_in_pages.saturating_sub(bytes_then) as f64 / added.max(1) as f64
         );
     }
     Ok(())
