@@ -11,6 +11,7 @@ use cedar_policy_core::entities::conformance::EntitySchemaConformanceChecker;
 use cedar_policy_core::extensions::Extensions;
 use cedar_policy_core::validator::CoreSchema;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::storage::{QUOTA_ATTR, SIZE_ATTR};
 
@@ -118,6 +119,41 @@ pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, Entit
             message: "expected a JSON array of Cedar entities".to_owned(),
         });
     };
+    let parse = |part: &[Value], offset| parse_items(part, offset, schema);
+    parse_parts(&items, schema, parse, || Ok(items.clone()))
+}
+
+/// [`parse_write`] of an array's items not parsed yet: each share of the items is parsed where
+/// it is validated, so the JSON parsing (and freeing) is split across the cores too.
+pub fn parse_raw_write(items: &[&RawValue], schema: Option<&Schema>) -> Result<Write, EntityError> {
+    let parse = |part: &[&RawValue], offset| parse_items(&parse_raw(part, offset)?, offset, schema);
+    parse_parts(items, schema, parse, || parse_raw(items, 0))
+}
+
+/// Parses raw entity JSON (already checked to be well-formed) into values.
+fn parse_raw(items: &[&RawValue], offset: usize) -> Result<Vec<Value>, EntityError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            serde_json::from_str(raw.get()).map_err(|e| EntityError {
+                index: offset + i,
+                uid: None,
+                message: format!("malformed JSON: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// Validates `items` with `parse`, split across the cores, then keeps one record per distinct
+/// entity and checks the action entities. `values` gives every item as JSON, for the rare
+/// checks that need them all (action entities, where a duplicate is).
+fn parse_parts<T: Sync>(
+    items: &[T],
+    schema: Option<&Schema>,
+    parse: impl Fn(&[T], usize) -> Result<Vec<Record>, EntityError> + Sync,
+    values: impl Fn() -> Result<Vec<Value>, EntityError>,
+) -> Result<Write, EntityError> {
     // Validation is pure CPU and dominates large writes: split it across the cores (asked
     // once: the answer reads cgroup files, which cost a small write more than validating it).
     static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -128,13 +164,16 @@ pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, Entit
     });
     let chunk = items.len().div_ceil(workers).max(512);
     let parsed: Vec<Result<Vec<Record>, EntityError>> = if items.len() <= chunk {
-        vec![parse_items(&items, 0, schema)]
+        vec![parse(items, 0)]
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = items
                 .chunks(chunk)
                 .enumerate()
-                .map(|(i, part)| scope.spawn(move || parse_items(part, i * chunk, schema)))
+                .map(|(i, part)| {
+                    let parse = &parse;
+                    scope.spawn(move || parse(part, i * chunk))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -163,7 +202,7 @@ pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, Entit
                 Some(&first) if same_entity(&out[first].body, &record.body) => {}
                 Some(_) => {
                     return Err(EntityError {
-                        index: second_position(&items, &record.uid),
+                        index: second_position(&values()?, &record.uid),
                         uid: Some(record.uid.to_string()),
                         message: "the same entity appears twice in this write, differently"
                             .to_owned(),
@@ -173,7 +212,7 @@ pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, Entit
         }
     }
     let actions = match schema {
-        Some(schema) if out.len() < items.len() => super::actions::check(&items, schema)?,
+        Some(schema) if out.len() < items.len() => super::actions::check(&values()?, schema)?,
         _ => 0,
     };
     Ok(Write {
@@ -182,8 +221,13 @@ pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, Entit
     })
 }
 
+/// The uid of an entity in Cedar entity JSON, when it has a readable one.
+pub fn uid_of(item: &Value) -> Option<EntityUid> {
+    item.get("uid").and_then(super::materialize::uid)
+}
+
 /// Whether two canonical bodies are the same entity (parents in any order).
-fn same_entity(a: &str, b: &str) -> bool {
+pub fn same_entity(a: &str, b: &str) -> bool {
     let normal = |body: &str| {
         let mut json: Value = serde_json::from_str(body).ok()?;
         if let Some(Value::Array(parents)) = json.get_mut("parents") {

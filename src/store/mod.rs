@@ -46,6 +46,10 @@ pub enum StoreError {
     /// A stored entity could not be read back.
     #[error(transparent)]
     Corrupt(#[from] codec::DecodeError),
+    /// The caller of a streamed write gave it up (see [`Store::upsert_stream`]); nothing of it
+    /// was written.
+    #[error("the write was abandoned before it completed")]
+    Abandoned,
     /// The backend cannot do this (like a backend that cannot be a fleet replica).
     #[error("this store cannot {0}")]
     Unsupported(&'static str),
@@ -59,12 +63,26 @@ pub struct WriteEffect {
     pub hierarchy_changed: bool,
 }
 
+/// Yields the chunks of a streamed write (see [`EntityStore::upsert_stream`]).
+pub type NextChunk<'a> = dyn FnMut() -> Result<Option<Vec<Record>>, StoreError> + 'a;
+
 /// The operations a storage backend provides. Every method blocks; callers on an async runtime
 /// run them on a blocking thread.
 pub trait EntityStore: Send + Sync {
     /// Inserts or replaces every record in one durable transaction: all of them or none.
     /// Refuses ([`StoreError::Cycle`]) a write after which an entity would be its own ancestor.
     fn upsert(&self, records: &[Record]) -> Result<WriteEffect, StoreError>;
+    /// [`EntityStore::upsert`] of every chunk `next` yields, in one transaction, each chunk
+    /// written as a write of its own would be (so a caller can prepare the next chunk while
+    /// this one is written): all of them or none. `next` gives `Ok(None)` after the last chunk;
+    /// an error from it abandons the transaction. The default gathers every chunk first.
+    fn upsert_stream(&self, next: &mut NextChunk<'_>) -> Result<WriteEffect, StoreError> {
+        let mut all = Vec::new();
+        while let Some(chunk) = next()? {
+            all.extend(chunk);
+        }
+        self.upsert(&all)
+    }
     /// Removes one entity; `None` when it was absent.
     fn delete(&self, uid: &EntityUid) -> Result<Option<WriteEffect>, StoreError>;
     /// The stored record of one entity.
@@ -212,6 +230,19 @@ impl Store {
         let uids: Vec<&EntityUid> = records.iter().map(|r| &r.uid).collect();
         self.cache
             .write(&uids, || self.backend.upsert(records), |e| invalidate(*e))
+            .map(drop)
+    }
+
+    /// Writes every chunk `next` yields in one durable transaction, all or nothing (see
+    /// [`EntityStore::upsert_stream`]); once this returns, every decision sees them. For large
+    /// imports: every cached entity is dropped.
+    pub fn upsert_stream(&self, next: &mut NextChunk<'_>) -> Result<(), StoreError> {
+        self.cache
+            .write(
+                &[],
+                || self.backend.upsert_stream(next),
+                |_| Invalidate::Everything,
+            )
             .map(drop)
     }
 

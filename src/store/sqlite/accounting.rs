@@ -6,8 +6,9 @@
 //! the current ones, so any change (a size, a move, a project moving to another organization, a
 //! delete) is handled by re-counting exactly the items whose size or ancestors it changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params};
 
 use crate::storage::ACCOUNT_TYPES;
@@ -98,23 +99,21 @@ impl Dirty {
             .execute([])?;
         conn.prepare_cached("DELETE FROM temp.subtrees")?
             .execute([])?;
-        let mut mark =
-            conn.prepare_cached("INSERT OR IGNORE INTO temp.recount (t, i) VALUES (?1, ?2)")?;
-        let mut subtree =
-            conn.prepare_cached("INSERT OR IGNORE INTO temp.subtrees (t, i) VALUES (?1, ?2)")?;
-        let mut subtrees = 0;
+        // Gathered, then inserted many to a statement (see `rows`).
+        let mut marks: Vec<[&str; 2]> = Vec::new();
+        let mut walks: Vec<[&str; 2]> = Vec::new();
         for root in &self.subtrees {
             // Most writes are leaves (items, users): then the root is the only item to re-count.
             if has_children(root)? {
-                subtree.execute(params![root.0, root.1])?;
-                subtrees += 1;
+                walks.push([&root.0, &root.1]);
             } else {
-                mark.execute(params![root.0, root.1])?;
+                marks.push([&root.0, &root.1]);
             }
         }
-        for item in &self.items {
-            mark.execute(params![item.0, item.1])?;
-        }
+        marks.extend(self.items.iter().map(|item| [&*item.0, &*item.1]));
+        super::rows::insert(conn, "INSERT OR IGNORE INTO temp.recount (t, i)", &marks)?;
+        super::rows::insert(conn, "INSERT OR IGNORE INTO temp.subtrees (t, i)", &walks)?;
+        let subtrees = walks.len();
         if subtrees > 0 {
             // Every subtree in one walk: an entity under several written roots is visited once.
             conn.prepare_cached(
@@ -160,7 +159,7 @@ fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
     )?
     .execute([])?;
     // The current contributions: each sized item toward each accounted ancestor, once.
-    conn.prepare_cached(&contributions_sql())?.execute([])?;
+    insert_contributions(conn)?;
     conn.prepare_cached(
         "INSERT INTO totals (atype, aid, itype, items, bytes)
          SELECT c.atype, c.aid, c.itype, COUNT(*), SUM(c.bytes) FROM temp.recount r
@@ -180,23 +179,84 @@ fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Inserts the contributions of the items in `temp.recount`: toward each of their accounted
-/// ancestors (of [`ACCOUNT_TYPES`]), through stored parent edges.
-fn contributions_sql() -> String {
-    let types: Vec<String> = ACCOUNT_TYPES.iter().map(|t| format!("'{t}'")).collect();
-    format!(
-        "INSERT INTO contributions (itype, iid, atype, aid, bytes)
-         WITH RECURSIVE up (it, ii, t, i) AS (
-             SELECT r.t, r.i, p.ptype, p.pid FROM temp.recount r
+/// ancestors (of [`ACCOUNT_TYPES`]), through stored parent edges, once each.
+///
+/// Items share their parents (the datasets of a project), so the accounted ancestors are
+/// found once per distinct parent and remembered for the rest of the re-count, not walked
+/// again per item (which cost most of a large import's writes).
+fn insert_contributions(conn: &Connection) -> Result<(), StoreError> {
+    // Each sized item with each of its direct parents, in item order.
+    let edges: Vec<(Key, i64, Key)> = conn
+        .prepare_cached(
+            "SELECT r.t, r.i, e.size, p.ptype, p.pid FROM temp.recount r
+             CROSS JOIN entities e ON e.etype = r.t AND e.eid = r.i
              CROSS JOIN parents p ON p.ctype = r.t AND p.cid = r.i
-             UNION
-             SELECT up.it, up.ii, p.ptype, p.pid FROM up
-             CROSS JOIN parents p ON p.ctype = up.t AND p.cid = up.i
-         )
-         SELECT up.it, up.ii, up.t, up.i, e.size FROM up
-         CROSS JOIN entities e ON e.etype = up.it AND e.eid = up.ii
-         WHERE e.size IS NOT NULL AND up.t IN ({})",
-        types.join(", ")
+             WHERE e.size IS NOT NULL",
+        )?
+        .query_map([], |r| {
+            Ok(((r.get(0)?, r.get(1)?), r.get(2)?, (r.get(3)?, r.get(4)?)))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut accounted: HashMap<Key, Vec<Key>> = HashMap::new();
+    let mut rows: Vec<(&Key, &Key, i64)> = Vec::new();
+    for (_, _, parent) in &edges {
+        if !accounted.contains_key(parent) {
+            let found = accounted_at_or_above(conn, parent)?;
+            accounted.insert(parent.clone(), found);
+        }
+    }
+    // One item's rows are consecutive: its ancestors through every parent, each once.
+    let mut start = 0;
+    for (n, (item, size, parent)) in edges.iter().enumerate() {
+        for ancestor in accounted.get(parent).into_iter().flatten() {
+            if !rows[start..].iter().any(|(_, a, _)| *a == ancestor) {
+                rows.push((item, ancestor, *size));
+            }
+        }
+        if edges.get(n + 1).is_none_or(|(next, _, _)| next != item) {
+            start = rows.len();
+        }
+    }
+    let rows: Vec<[ToSqlOutput<'_>; 5]> = rows
+        .iter()
+        .map(|(item, ancestor, size)| {
+            fn text(s: &str) -> ToSqlOutput<'_> {
+                ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+            }
+            let (item, ancestor) = (*item, *ancestor);
+            [
+                text(&item.0),
+                text(&item.1),
+                text(&ancestor.0),
+                text(&ancestor.1),
+                ToSqlOutput::from(*size),
+            ]
+        })
+        .collect();
+    super::rows::insert(
+        conn,
+        "INSERT INTO contributions (itype, iid, atype, aid, bytes)",
+        &rows,
     )
+}
+
+/// `key` and its stored ancestors (through parent edges), those of an accounted type.
+fn accounted_at_or_above(conn: &Connection, key: &Key) -> Result<Vec<Key>, StoreError> {
+    let types: Vec<String> = ACCOUNT_TYPES.iter().map(|t| format!("'{t}'")).collect();
+    let sql = format!(
+        "WITH RECURSIVE up (t, i) AS (
+             SELECT ?1, ?2
+             UNION
+             SELECT p.ptype, p.pid FROM up CROSS JOIN parents p ON p.ctype = up.t AND p.cid = up.i
+         )
+         SELECT t, i FROM up WHERE t IN ({})",
+        types.join(", ")
+    );
+    let found = conn
+        .prepare_cached(&sql)?
+        .query_map(params![key.0, key.1], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(found)
 }
 
 /// The temporary tables a write's re-count works in; created once per writer connection.

@@ -17,10 +17,11 @@ mod accounting;
 mod ledger;
 pub mod refs;
 mod replica;
+mod rows;
 
 use super::codec::{DecodeError, Record};
 use super::replica::{Position, Replicated};
-use super::{EntityStore, StorageLedger, StoreError, WriteEffect};
+use super::{EntityStore, NextChunk, StorageLedger, StoreError, WriteEffect};
 use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use accounting::{Dirty, Key};
@@ -108,6 +109,8 @@ pub struct SqliteStore {
     path: String,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Set by [`SqliteStore::for_import`].
+    importing: bool,
 }
 
 impl SqliteStore {
@@ -129,7 +132,8 @@ impl SqliteStore {
                 message: format!("cannot enable WAL (journal_mode is {mode})"),
             });
         }
-        writer.execute_batch("PRAGMA synchronous=FULL;")?;
+        // The temporary tables a write re-counts in, and its sorts, stay in memory.
+        writer.execute_batch("PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;")?;
         writer.execute_batch(accounting::TEMP_TABLES)?;
         // A write runs ~20 distinct statements: keep them all prepared (the default keeps 16,
         // and re-preparing the evicted ones cost 7% of an import).
@@ -140,7 +144,34 @@ impl SqliteStore {
             path: display,
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            importing: false,
         })
+    }
+
+    /// Tunes the store for `policyd import`, one large write: the writer gets a page cache of
+    /// about `cache_mib` MiB instead of SQLite's 2 MiB (its one transaction touches most pages
+    /// of the file; a daemon keeps the default, which counts in its memory bound), and a
+    /// streamed write (see [`EntityStore::upsert_stream`]) is committed through a rollback
+    /// journal instead of the WAL when no other connection has the file open: the WAL would
+    /// take every new page once and copy it into the file again at the checkpoint, a journal
+    /// takes only the pages the write overwrites. The file is back in WAL mode afterwards.
+    pub fn for_import(mut self, cache_mib: u32) -> Result<Self, StoreError> {
+        let kib = u64::from(cache_mib) * 1024;
+        self.writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .execute_batch(&format!("PRAGMA cache_size=-{kib};"))?;
+        self.importing = true;
+        Ok(self)
+    }
+
+    /// Switches the file's journal to `mode`; the mode it is in afterwards (SQLite keeps WAL
+    /// while another connection has the file open).
+    fn journal_mode(&self, mode: &str) -> Result<String, StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let now: String =
+            conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))?;
+        Ok(now.to_ascii_lowercase())
     }
 
     /// Runs `f` on a pooled read-only connection.
@@ -286,32 +317,45 @@ fn upsert_in(
          SET body = excluded.body, size = excluded.size, quota = excluded.quota",
     )?;
     let mut clear = tx.prepare_cached("DELETE FROM parents WHERE ctype = ?1 AND cid = ?2")?;
-    let mut edge = tx.prepare_cached(
-        "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid) VALUES (?1, ?2, ?3, ?4)",
-    )?;
     let mut dirty = Dirty::default();
     let mut moved = Vec::new();
-    let mut keys = Vec::with_capacity(records.len());
-    for r in records {
-        let k = key(&r.uid);
-        let was = accounting::before(tx, &k)?;
+    let keys: Vec<Key> = records.iter().map(|r| key(&r.uid)).collect();
+    let parents: Vec<Vec<Key>> = records
+        .iter()
+        .map(|r| r.parents.iter().map(key).collect())
+        .collect();
+    // Gathered here, inserted many to a statement below (see `rows`).
+    let mut edges: Vec<[&str; 4]> = Vec::new();
+    let mut mentions: Vec<[&str; 5]> = Vec::new();
+    for ((r, k), parents) in records.iter().zip(&keys).zip(&parents) {
+        let was = accounting::before(tx, k)?;
         put.execute(params![k.0, k.1, r.body, r.size, r.quota])?;
-        refs::write(tx, &k, Some(&r.mentions), was.existed())?;
         if was.existed() {
             clear.execute(params![k.0, k.1])?;
+            refs::clear(tx, k)?;
         }
-        let mut parents: Vec<Key> = r.parents.iter().map(key).collect();
-        for (pty, pid) in &parents {
-            edge.execute(params![k.0, k.1, pty, pid])?;
-        }
+        edges.extend(
+            parents
+                .iter()
+                .map(|(pty, pid)| [&*k.0, &*k.1, &**pty, &**pid]),
+        );
+        mentions.extend(
+            (r.mentions.iter()).map(|(attr, ty, id)| [&*k.0, &*k.1, &**attr, &**ty, &**id]),
+        );
+        let mut parents = parents.clone();
         parents.sort();
         parents.dedup();
         if was.parents_of_stored() != parents.as_slice() {
             moved.push(k.clone());
         }
-        dirty.note(&k, &was, Some((r.size, &parents)));
-        keys.push(k);
+        dirty.note(k, &was, Some((r.size, &parents)));
     }
+    rows::insert(
+        tx,
+        "INSERT OR IGNORE INTO parents (ctype, cid, ptype, pid)",
+        &edges,
+    )?;
+    refs::insert(tx, &mentions)?;
     // Asked once per written entity, after all edges are in, inside the write lock.
     let mut has_children =
         tx.prepare_cached("SELECT 1 FROM parents WHERE ptype = ?1 AND pid = ?2 LIMIT 1")?;
@@ -378,6 +422,27 @@ fn delete_in(
 impl EntityStore for SqliteStore {
     fn upsert(&self, records: &[Record]) -> Result<WriteEffect, StoreError> {
         self.write(|tx| upsert_in(tx, records))
+    }
+
+    /// Each chunk is upserted in turn inside the one transaction, exactly as a sequence of
+    /// writes would be: storage counters and the cycle check are brought up to date per chunk.
+    /// For an import (see [`SqliteStore::for_import`]), through a rollback journal when it can.
+    fn upsert_stream(&self, next: &mut NextChunk<'_>) -> Result<WriteEffect, StoreError> {
+        let journaled = self.importing && self.journal_mode("DELETE")? == "delete";
+        let written = self.write(|tx| {
+            let mut effect = WriteEffect::default();
+            while let Some(chunk) = next()? {
+                effect.hierarchy_changed |= upsert_in(tx, &chunk)?.hierarchy_changed;
+            }
+            Ok(effect)
+        });
+        if journaled && self.journal_mode("WAL")? != "wal" {
+            return Err(StoreError::Open {
+                path: self.path.clone(),
+                message: "cannot return to WAL mode after the import".to_owned(),
+            });
+        }
+        written
     }
 
     fn delete(&self, uid: &EntityUid) -> Result<Option<WriteEffect>, StoreError> {

@@ -34,18 +34,30 @@ pub(super) fn write(
     existed: bool,
 ) -> Result<(), StoreError> {
     if existed {
-        conn.prepare_cached("DELETE FROM refs WHERE stype = ?1 AND sid = ?2")?
-            .execute([&key.0, &key.1])?;
+        clear(conn, key)?;
     }
-    if let Some(mentions) = mentions {
-        let mut put = conn.prepare_cached(
-            "INSERT OR IGNORE INTO refs (stype, sid, attr, ttype, tid) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for (attr, ty, id) in mentions {
-            put.execute([&key.0, &key.1, attr, ty, id])?;
-        }
-    }
+    let rows: Vec<[&str; 5]> = mentions
+        .unwrap_or_default()
+        .iter()
+        .map(|(attr, ty, id)| [&*key.0, &*key.1, &**attr, &**ty, &**id])
+        .collect();
+    insert(conn, &rows)
+}
+
+/// Deletes the reference rows of one entity.
+pub(super) fn clear(conn: &Connection, key: &Key) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM refs WHERE stype = ?1 AND sid = ?2")?
+        .execute([&key.0, &key.1])?;
     Ok(())
+}
+
+/// Inserts reference rows `(stype, sid, attr, ttype, tid)`.
+pub(super) fn insert(conn: &Connection, rows: &[[&str; 5]]) -> Result<(), StoreError> {
+    super::rows::insert(
+        conn,
+        "INSERT OR IGNORE INTO refs (stype, sid, attr, ttype, tid)",
+        rows,
+    )
 }
 
 /// Fills the index for entities written before it existed.
