@@ -122,9 +122,10 @@ fn body(
     )
 }
 
-/// Drives `addr` for the warm-up and then the measured duration. Closed loop, every
-/// connection is a task on one client thread (as light a client as `wrk -t1`); paced, each
-/// connection has a thread of its own, so it can sleep precisely until a request is due.
+/// Drives `addr` for the warm-up and then the measured duration. Every connection is a task on
+/// one client thread (as light a client as `wrk -t1`). Closed loop, each sends its next request
+/// when the previous one is answered; paced, a pacer thread (see [`pace`]) says when each
+/// request is due and a free connection sends it, with latency counted from when it was due.
 pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Run> {
     let totals = Arc::new(Totals::default());
     let recording = Arc::new(AtomicBool::new(false));
@@ -133,8 +134,9 @@ pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Ru
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let mut closed = Vec::new();
-    let mut paced = Vec::new();
+    let mut connections = Vec::new();
+    let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let due_rx = Arc::new(tokio::sync::Mutex::new(due_rx));
     for c in 0..args.connections {
         let seed = args.seed.wrapping_add(c as u64 * 7919);
         let (totals, recording, stop) = (totals.clone(), recording.clone(), stop.clone());
@@ -145,29 +147,32 @@ pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Ru
                 .map(|n| body(args, &mut rng, shape, n))
                 .collect::<Vec<_>>()
         };
-        match args.rate {
-            None => closed.push(client.spawn(async move {
-                let mut sender = connect(addr).await?;
-                let mut latencies = Vec::with_capacity(1 << 16);
-                for (method, path, body) in bodies.iter().cycle() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let sent = Instant::now();
-                    let answer = send(&mut sender, method, path, body).await?;
-                    tally(&totals, &recording, &mut latencies, sent, answer)?;
+        let paced = args.rate.map(|_| due_rx.clone());
+        connections.push(client.spawn(async move {
+            let mut sender = connect(addr).await?;
+            let mut latencies = Vec::with_capacity(1 << 16);
+            for (method, path, body) in bodies.iter().cycle() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
                 }
-                anyhow::Ok(latencies)
-            })),
-            Some(rate) => {
-                let interval =
-                    Duration::from_secs_f64(args.connections as f64 / rate.max(1) as f64);
-                paced.push(std::thread::spawn(move || {
-                    paced_connection(addr, bodies, interval, &totals, &recording, &stop)
-                }));
+                let since = match &paced {
+                    None => Instant::now(),
+                    // The next due request, whichever connection is free first.
+                    Some(dues) => match dues.lock().await.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
+                };
+                let answer = send(&mut sender, method, path, body).await?;
+                tally(&totals, &recording, &mut latencies, since, answer)?;
             }
-        }
+            anyhow::Ok(latencies)
+        }));
     }
+    let pacer = args.rate.map(|rate| {
+        let stop = stop.clone();
+        std::thread::spawn(move || pace(rate, &due_tx, &stop))
+    });
     std::thread::sleep(Duration::from_secs(args.warmup));
     recording.store(true, Ordering::Relaxed);
     let start = Instant::now();
@@ -175,15 +180,15 @@ pub fn measure(args: &Args, shape: Shape, addr: SocketAddr) -> anyhow::Result<Ru
     recording.store(false, Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for c in closed {
-        all.extend(client.block_on(c)??);
-    }
-    for c in paced {
-        let latencies = c
+    if let Some(pacer) = pacer {
+        // Its end closes the channel, which ends connections waiting for a due request.
+        pacer
             .join()
-            .map_err(|_| anyhow::anyhow!("a connection thread panicked"))??;
-        all.extend(latencies);
+            .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    }
+    let mut all = Vec::new();
+    for c in connections {
+        all.extend(client.block_on(c)??);
     }
     all.sort_unstable();
     let pct = |q: f64| {
@@ -288,32 +293,19 @@ fn tally(
     Ok(())
 }
 
-/// One paced keep-alive connection on its own thread (and single-threaded runtime): it sleeps
-/// until each request is due, and latency counts from then.
-fn paced_connection(
-    addr: SocketAddr,
-    bodies: Vec<(&'static str, &'static str, String)>,
-    interval: Duration,
-    totals: &Totals,
-    recording: &AtomicBool,
-    stop: &AtomicBool,
-) -> anyhow::Result<Vec<u32>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut sender = runtime.block_on(connect(addr))?;
-    let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+/// Issues `rate` due times a second until `stop`, on a thread of its own so that it can sleep
+/// precisely (the runtime's timers tick in milliseconds, as long as the latency target). A
+/// late wake-up issues every request that fell due meanwhile: they count as late.
+fn pace(rate: u64, dues: &tokio::sync::mpsc::UnboundedSender<Instant>, stop: &AtomicBool) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut due = Instant::now();
-    for (method, path, body) in bodies.iter().cycle() {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
+    while !stop.load(Ordering::Relaxed) {
         due += interval;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let answer = runtime.block_on(send(&mut sender, method, path, body))?;
-        tally(totals, recording, &mut latencies, due, answer)?;
+        if dues.send(due).is_err() {
+            return;
+        }
     }
-    Ok(latencies)
 }
