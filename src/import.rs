@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cedar_policy::{EntityUid, Schema};
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::store::codec::{self, EntityError};
@@ -121,8 +120,9 @@ fn validate_files(
     paths: &[PathBuf],
     hand: &std::sync::mpsc::SyncSender<Validated>,
 ) -> Result<(), ImportError> {
-    // Every entity handed over: the file it came from and its stored body.
-    let mut seen: HashMap<EntityUid, (usize, String)> = HashMap::new();
+    // Every entity handed over: the file it came from and a hash of its stored body (the
+    // bodies themselves would hold the whole import in memory again).
+    let mut seen: HashMap<EntityUid, (usize, u64)> = HashMap::new();
     for (file, path) in paths.iter().enumerate() {
         let text = std::fs::read_to_string(path).map_err(|source| ImportError::Read {
             path: path.clone(),
@@ -156,7 +156,7 @@ fn validate_files(
             for record in write.records {
                 match seen.get(&record.uid) {
                     None => {
-                        seen.insert(record.uid.clone(), (file, record.body.clone()));
+                        seen.insert(record.uid.clone(), (file, body_hash(&record.body)));
                         records.push(record);
                     }
                     Some((first, _)) if *first != file => {
@@ -166,13 +166,13 @@ fn validate_files(
                             uid: record.uid.to_string(),
                         });
                     }
-                    Some((_, body)) if codec::same_entity(body, &record.body) => {}
+                    Some((_, hash)) if *hash == body_hash(&record.body) => {}
+                    Some(_) if alike_earlier(&items[..start], &record, schema) => {}
                     Some(_) => {
                         // Its first appearance in this chunk is its second in the file.
-                        let at = raw.iter().position(|r| {
-                            let item = serde_json::from_str(r.get()).unwrap_or(Value::Null);
-                            codec::uid_of(&item).as_ref() == Some(&record.uid)
-                        });
+                        let at = raw
+                            .iter()
+                            .position(|r| uid_of_raw(r).as_ref() == Some(&record.uid));
                         return Err(refused(EntityError {
                             index: start + at.unwrap_or(0),
                             uid: Some(record.uid.to_string()),
@@ -188,6 +188,33 @@ fn validate_files(
         }
     }
     Ok(())
+}
+
+fn body_hash(body: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn uid_of_raw(raw: &RawValue) -> Option<EntityUid> {
+    codec::uid_of(&serde_json::from_str(raw.get()).ok()?)
+}
+
+/// Whether `record` is the same entity as its first appearance among `earlier` (whose body
+/// text differed: Cedar lists parents in any order). Validates that appearance again: a
+/// duplicate with another text is rare.
+fn alike_earlier(earlier: &[&RawValue], record: &Record, schema: Option<&Schema>) -> bool {
+    let Some(first) = earlier
+        .iter()
+        .find(|r| uid_of_raw(r).as_ref() == Some(&record.uid))
+    else {
+        return false;
+    };
+    codec::parse_raw_write(std::slice::from_ref(first), schema)
+        .ok()
+        .and_then(|write| write.records.into_iter().next())
+        .is_some_and(|first| codec::same_entity(&first.body, &record.body))
 }
 
 /// Imports every `*.json` file of `dir` (sorted by name) when the store holds no entity yet.
@@ -219,6 +246,8 @@ pub fn seed_if_empty(
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
 
     use super::*;
     use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
