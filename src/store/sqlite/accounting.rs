@@ -6,7 +6,7 @@
 //! the current ones, so any change (a size, a move, a project moving to another organization, a
 //! delete) is handled by re-counting exactly the items whose size or ancestors it changed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params};
@@ -136,55 +136,70 @@ impl Dirty {
 /// Replaces the contributions of every item in `temp.recount` with what its current size and
 /// ancestors give, and moves the totals by the difference.
 fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
-    // Take the old contributions out of the totals, remembering which counters they touched.
-    conn.prepare_cached("DELETE FROM temp.touched")?
+    // New items (most of a large write) have no contributions to take out.
+    let had_some: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM temp.recount r
+             CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i)",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if had_some {
+        // Take the old contributions out of the totals, remembering which counters they
+        // touched.
+        conn.prepare_cached("DELETE FROM temp.touched")?
+            .execute([])?;
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO temp.touched (atype, aid, itype)
+             SELECT c.atype, c.aid, c.itype FROM temp.recount r
+             CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i",
+        )?
         .execute([])?;
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO temp.touched (atype, aid, itype)
-         SELECT c.atype, c.aid, c.itype FROM temp.recount r
-         CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i",
-    )?
-    .execute([])?;
-    conn.prepare_cached(
-        "INSERT INTO totals (atype, aid, itype, items, bytes)
-         SELECT c.atype, c.aid, c.itype, -COUNT(*), -SUM(c.bytes) FROM temp.recount r
-         CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i
-         WHERE true GROUP BY c.atype, c.aid, c.itype
+        conn.prepare_cached(
+            "INSERT INTO totals (atype, aid, itype, items, bytes)
+             SELECT c.atype, c.aid, c.itype, -COUNT(*), -SUM(c.bytes) FROM temp.recount r
+             CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i
+             WHERE true GROUP BY c.atype, c.aid, c.itype
+             ON CONFLICT (atype, aid, itype) DO UPDATE
+             SET items = items + excluded.items, bytes = bytes + excluded.bytes",
+        )?
+        .execute([])?;
+        conn.prepare_cached(
+            "DELETE FROM contributions WHERE (itype, iid) IN (SELECT t, i FROM temp.recount)",
+        )?
+        .execute([])?;
+    }
+    // The current contributions: each sized item toward each accounted ancestor, once; they
+    // are now all the recounted items' contributions, so they are what the totals gain.
+    let mut add = conn.prepare_cached(
+        "INSERT INTO totals (atype, aid, itype, items, bytes) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (atype, aid, itype) DO UPDATE
          SET items = items + excluded.items, bytes = bytes + excluded.bytes",
-    )?
-    .execute([])?;
-    conn.prepare_cached(
-        "DELETE FROM contributions WHERE (itype, iid) IN (SELECT t, i FROM temp.recount)",
-    )?
-    .execute([])?;
-    // The current contributions: each sized item toward each accounted ancestor, once.
-    insert_contributions(conn)?;
-    conn.prepare_cached(
-        "INSERT INTO totals (atype, aid, itype, items, bytes)
-         SELECT c.atype, c.aid, c.itype, COUNT(*), SUM(c.bytes) FROM temp.recount r
-         CROSS JOIN contributions c ON c.itype = r.t AND c.iid = r.i
-         WHERE true GROUP BY c.atype, c.aid, c.itype
-         ON CONFLICT (atype, aid, itype) DO UPDATE
-         SET items = items + excluded.items, bytes = bytes + excluded.bytes",
-    )?
-    .execute([])?;
-    // Only a counter that lost contributions can have emptied.
-    conn.prepare_cached(
-        "DELETE FROM totals WHERE items = 0
-         AND (atype, aid, itype) IN (SELECT atype, aid, itype FROM temp.touched)",
-    )?
-    .execute([])?;
+    )?;
+    for ((atype, aid, itype), (items, bytes)) in insert_contributions(conn)? {
+        add.execute(params![atype, aid, itype, items, bytes])?;
+    }
+    if had_some {
+        // Only a counter that lost contributions can have emptied.
+        conn.prepare_cached(
+            "DELETE FROM totals WHERE items = 0
+             AND (atype, aid, itype) IN (SELECT atype, aid, itype FROM temp.touched)",
+        )?
+        .execute([])?;
+    }
     Ok(())
 }
+
+/// What inserted contributions add to one counter `(atype, aid, itype)`: items and bytes.
+type Gains = BTreeMap<(String, String, String), (i64, i64)>;
 
 /// Inserts the contributions of the items in `temp.recount`: toward each of their accounted
 /// ancestors (of [`ACCOUNT_TYPES`]), through stored parent edges, once each.
 ///
 /// Items share their parents (the datasets of a project), so the accounted ancestors are
 /// found once per distinct parent and remembered for the rest of the re-count, not walked
-/// again per item (which cost most of a large import's writes).
-fn insert_contributions(conn: &Connection) -> Result<(), StoreError> {
+/// again per item (which cost most of a large import's writes). Returns what they add to each
+/// counter.
+fn insert_contributions(conn: &Connection) -> Result<Gains, StoreError> {
     // Each sized item with each of its direct parents, in item order.
     let edges: Vec<(Key, i64, Key)> = conn
         .prepare_cached(
@@ -217,6 +232,15 @@ fn insert_contributions(conn: &Connection) -> Result<(), StoreError> {
             start = rows.len();
         }
     }
+    let mut gains = Gains::new();
+    for (item, ancestor, size) in &rows {
+        let key = (ancestor.0.clone(), ancestor.1.clone(), item.0.clone());
+        let gain = gains.entry(key).or_default();
+        gain.0 += 1;
+        gain.1 = (gain.1.checked_add(*size)).ok_or(StoreError::Unsupported(
+            "count more than 2^63 - 1 bytes in one total",
+        ))?;
+    }
     let rows: Vec<[ToSqlOutput<'_>; 5]> = rows
         .iter()
         .map(|(item, ancestor, size)| {
@@ -237,7 +261,8 @@ fn insert_contributions(conn: &Connection) -> Result<(), StoreError> {
         conn,
         "INSERT INTO contributions (itype, iid, atype, aid, bytes)",
         &rows,
-    )
+    )?;
+    Ok(gains)
 }
 
 /// `key` and its stored ancestors (through parent edges), those of an accounted type.

@@ -132,8 +132,7 @@ impl SqliteStore {
                 message: format!("cannot enable WAL (journal_mode is {mode})"),
             });
         }
-        // The temporary tables a write re-counts in, and its sorts, stay in memory.
-        writer.execute_batch("PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;")?;
+        writer.execute_batch("PRAGMA synchronous=FULL;")?;
         writer.execute_batch(accounting::TEMP_TABLES)?;
         // A write runs ~20 distinct statements: keep them all prepared (the default keeps 16,
         // and re-preparing the evicted ones cost 7% of an import).
@@ -150,17 +149,20 @@ impl SqliteStore {
 
     /// Tunes the store for `policyd import`, one large write: the writer gets a page cache of
     /// about `cache_mib` MiB instead of SQLite's 2 MiB (its one transaction touches most pages
-    /// of the file; a daemon keeps the default, which counts in its memory bound), and a
+    /// of the file; a daemon keeps the default, which counts in its memory bound) and keeps
+    /// its temporary tables in memory, and a
     /// streamed write (see [`EntityStore::upsert_stream`]) is committed through a rollback
     /// journal instead of the WAL when no other connection has the file open: the WAL would
     /// take every new page once and copy it into the file again at the checkpoint, a journal
     /// takes only the pages the write overwrites. The file is back in WAL mode afterwards.
     pub fn for_import(mut self, cache_mib: u32) -> Result<Self, StoreError> {
         let kib = u64::from(cache_mib) * 1024;
-        self.writer
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .execute_batch(&format!("PRAGMA cache_size=-{kib};"))?;
+        let writer = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+        writer.execute_batch(&format!(
+            "PRAGMA cache_size=-{kib}; PRAGMA temp_store=MEMORY;"
+        ))?;
+        // Changing where temporary tables live drops them: create them again.
+        writer.execute_batch(accounting::TEMP_TABLES)?;
         self.importing = true;
         Ok(self)
     }
