@@ -14,6 +14,7 @@ use cedar_policy::EntityUid;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 mod accounting;
+mod bulk;
 mod ledger;
 pub mod refs;
 mod replica;
@@ -145,35 +146,6 @@ impl SqliteStore {
             readers: Mutex::new(Vec::new()),
             importing: false,
         })
-    }
-
-    /// Tunes the store for `policyd import`, one large write: the writer gets a page cache of
-    /// about `cache_mib` MiB instead of SQLite's 2 MiB (its one transaction touches most pages
-    /// of the file; a daemon keeps the default, which counts in its memory bound) and keeps
-    /// its temporary tables in memory, and a
-    /// streamed write (see [`EntityStore::upsert_stream`]) is committed through a rollback
-    /// journal instead of the WAL when no other connection has the file open: the WAL would
-    /// take every new page once and copy it into the file again at the checkpoint, a journal
-    /// takes only the pages the write overwrites. The file is back in WAL mode afterwards.
-    pub fn for_import(mut self, cache_mib: u32) -> Result<Self, StoreError> {
-        let kib = u64::from(cache_mib) * 1024;
-        let writer = self.writer.get_mut().unwrap_or_else(|p| p.into_inner());
-        writer.execute_batch(&format!(
-            "PRAGMA cache_size=-{kib}; PRAGMA temp_store=MEMORY;"
-        ))?;
-        // Changing where temporary tables live drops them: create them again.
-        writer.execute_batch(accounting::TEMP_TABLES)?;
-        self.importing = true;
-        Ok(self)
-    }
-
-    /// Switches the file's journal to `mode`; the mode it is in afterwards (SQLite keeps WAL
-    /// while another connection has the file open).
-    fn journal_mode(&self, mode: &str) -> Result<String, StoreError> {
-        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let now: String =
-            conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))?;
-        Ok(now.to_ascii_lowercase())
     }
 
     /// Runs `f` on a pooled read-only connection.
@@ -428,23 +400,9 @@ impl EntityStore for SqliteStore {
 
     /// Each chunk is upserted in turn inside the one transaction, exactly as a sequence of
     /// writes would be: storage counters and the cycle check are brought up to date per chunk.
-    /// For an import (see [`SqliteStore::for_import`]), through a rollback journal when it can.
+    /// See [`bulk`]: through a rollback journal for an import, when it can.
     fn upsert_stream(&self, next: &mut NextChunk<'_>) -> Result<WriteEffect, StoreError> {
-        let journaled = self.importing && self.journal_mode("DELETE")? == "delete";
-        let written = self.write(|tx| {
-            let mut effect = WriteEffect::default();
-            while let Some(chunk) = next()? {
-                effect.hierarchy_changed |= upsert_in(tx, &chunk)?.hierarchy_changed;
-            }
-            Ok(effect)
-        });
-        if journaled && self.journal_mode("WAL")? != "wal" {
-            return Err(StoreError::Open {
-                path: self.path.clone(),
-                message: "cannot return to WAL mode after the import".to_owned(),
-            });
-        }
-        written
+        self.write_stream(next)
     }
 
     fn delete(&self, uid: &EntityUid) -> Result<Option<WriteEffect>, StoreError> {
