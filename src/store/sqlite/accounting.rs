@@ -206,7 +206,7 @@ fn insert_contributions(conn: &Connection) -> Result<Gains, StoreError> {
             "SELECT r.t, r.i, e.size, p.ptype, p.pid FROM temp.recount r
              CROSS JOIN entities e ON e.etype = r.t AND e.eid = r.i
              CROSS JOIN parents p ON p.ctype = r.t AND p.cid = r.i
-             WHERE e.size IS NOT NULL",
+             WHERE e.size IS NOT NULL ORDER BY r.t, r.i",
         )?
         .query_map([], |r| {
             Ok(((r.get(0)?, r.get(1)?), r.get(2)?, (r.get(3)?, r.get(4)?)))

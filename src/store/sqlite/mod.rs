@@ -398,9 +398,7 @@ impl EntityStore for SqliteStore {
         self.write(|tx| upsert_in(tx, records))
     }
 
-    /// Each chunk is upserted in turn inside the one transaction, exactly as a sequence of
-    /// writes would be: storage counters and the cycle check are brought up to date per chunk.
-    /// See [`bulk`]: through a rollback journal for an import, when it can.
+    /// Each chunk upserted in turn inside the one transaction (see [`bulk`]).
     fn upsert_stream(&self, next: &mut NextChunk<'_>) -> Result<WriteEffect, StoreError> {
         self.write_stream(next)
     }
