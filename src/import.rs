@@ -176,8 +176,7 @@ fn validate_files(
                         return Err(refused(EntityError {
                             index: start + at.unwrap_or(0),
                             uid: Some(record.uid.to_string()),
-                            message: "the same entity appears twice in this write, differently"
-                                .to_owned(),
+                            message: codec::LISTED_TWICE.to_owned(),
                         }));
                     }
                 }

@@ -87,10 +87,7 @@ fn explain(actions: &[(usize, &Value)], schema: &Schema) -> Option<EntityError> 
                     .iter()
                     .any(|k| field(&first.json, k) != field(&json, k));
             if differ {
-                return Some(fail(
-                    Some(&uid),
-                    "the same entity appears twice in this write, differently".to_owned(),
-                ));
+                return Some(fail(Some(&uid), super::codec::LISTED_TWICE.to_owned()));
             }
             continue;
         }

@@ -79,6 +79,9 @@ pub struct EntityError {
     pub message: String,
 }
 
+/// What a write that lists one entity twice, differently, is refused with.
+pub const LISTED_TWICE: &str = "the same entity appears twice in this write, differently";
+
 /// Why a stored record could not be turned back into an entity (store corruption).
 #[derive(Debug, thiserror::Error)]
 #[error("stored entity {uid} is unreadable: {message}")]
@@ -204,8 +207,7 @@ fn parse_parts<T: Sync>(
                     return Err(EntityError {
                         index: second_position(&values()?, &record.uid),
                         uid: Some(record.uid.to_string()),
-                        message: "the same entity appears twice in this write, differently"
-                            .to_owned(),
+                        message: LISTED_TWICE.to_owned(),
                     });
                 }
             }
