@@ -11,12 +11,23 @@ use rusqlite::Connection;
 use super::names::Names;
 use super::{Queued, Shared, db};
 use crate::storage::now_micros;
+use crate::store::StoreError;
 
 /// Most records in one transaction.
 pub(super) const BATCH: usize = 8_192;
-/// How long the writer lets records gather before committing them. Bigger batches write each
+/// How long one transaction gathers records before it commits. Bigger transactions write each
 /// index page once instead of once per few records: under load this is most of the log's cost.
 const LINGER: Duration = Duration::from_millis(200);
+/// Within a transaction, how often the writer takes what has been queued and inserts it. The
+/// inserts are most of the writer's work: done a few milliseconds' worth at a time, they take
+/// the CPU in slices of a fraction of a millisecond instead of tens of milliseconds at each
+/// commit, during which decisions queued behind the writer on a small machine.
+const SLICE: Duration = Duration::from_millis(2);
+/// Records inserted between two yields of the CPU: about 50 µs of work.
+const PIECE: usize = 8;
+/// A slice longer than this (several milliseconds of records at full load) means the writer is
+/// behind: it then inserts without yielding or pausing until it has caught up.
+const BEHIND: usize = 128;
 /// How often records past the retention are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// Past the size bound, the oldest records are deleted until the log is back to this share of
@@ -43,8 +54,8 @@ pub(super) fn spawn(
 }
 
 fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
-    // Swapped with the queue's buffer (see below), so both keep their capacity.
-    let mut batch: VecDeque<Queued> = VecDeque::with_capacity(BATCH);
+    // Swapped with the queue's buffer (see `take`), so both keep their capacity.
+    let mut slice: VecDeque<Queued> = VecDeque::with_capacity(BATCH);
     let mut names = Names::new();
     let epoch = match db::epoch(&conn) {
         Ok(e) => e,
@@ -55,69 +66,139 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
     };
     let mut next_expiry = Instant::now();
     loop {
-        let stopping = {
-            let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            // Idle until a record (or the stop, or the next expiry) arrives; under load the
-            // queue is never empty and records pile up while the previous batch commits, which
-            // is what batches them.
-            while q.records.is_empty() && !q.stopping {
-                let idle = next_expiry.saturating_duration_since(Instant::now());
-                if idle.is_zero() {
-                    break;
-                }
-                q = shared
-                    .wake
-                    .wait_timeout(q, idle)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
-            let deadline = Instant::now() + LINGER;
-            while !q.records.is_empty() && q.records.len() < BATCH && !q.stopping {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                q = shared
-                    .wake
-                    .wait_timeout(q, left)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
-            let n = q.records.len().min(BATCH);
-            if n == q.records.len() {
-                // The whole queue changes hands by swapping buffers, so deciding threads wait
-                // on the lock for a moment, never for thousands of records being moved.
-                std::mem::swap(&mut q.records, &mut batch);
-            } else {
-                batch.extend(q.records.drain(..n));
-            }
-            // Counted as queued until committed (or lost): set under the queue's lock, so a
-            // reader of the stats never sees the batch in neither place.
-            shared.committing.store(n, Ordering::Relaxed);
-            q.stopping && q.records.is_empty()
+        let stopping = idle(shared, next_expiry);
+        let stopped = if queued(shared) {
+            let tx = Transaction {
+                conn: &mut conn,
+                names: &mut names,
+                epoch,
+                shared,
+            };
+            tx.run(&mut slice)
+        } else {
+            stopping
         };
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
-            match db::insert(&mut conn, &mut names, epoch, batch.make_contiguous()) {
-                Ok(()) => {
-                    shared.written.fetch_add(n, Ordering::Relaxed);
-                    keep_within_size(&conn, shared, bounds);
-                }
-                Err(e) => {
-                    shared.failed_batches.fetch_add(1, Ordering::Relaxed);
-                    shared.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(error = %e, records = n, "activity batch lost: commit failed");
-                }
-            }
-            batch.clear();
-            shared.committing.store(0, Ordering::Relaxed);
-        }
         if Instant::now() >= next_expiry {
             expire(&conn, shared, bounds);
             next_expiry = Instant::now() + EXPIRE_EVERY;
+        } else {
+            keep_within_size(&conn, shared, bounds);
         }
-        if stopping {
+        if stopped {
             return;
         }
+    }
+}
+
+/// Waits until a record is queued, the log is stopping, or `until`; returns whether it is
+/// stopping.
+fn idle(shared: &Shared, until: Instant) -> bool {
+    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    while q.records.is_empty() && !q.stopping {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        q = shared
+            .wake
+            .wait_timeout(q, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+    q.stopping
+}
+
+fn queued(shared: &Shared) -> bool {
+    let q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    !q.records.is_empty()
+}
+
+/// Moves up to `most` queued records into `slice`; returns whether the log is stopping with
+/// nothing left queued.
+fn take(shared: &Shared, slice: &mut VecDeque<Queued>, most: usize) -> bool {
+    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let n = q.records.len().min(most);
+    if n == q.records.len() {
+        // The whole queue changes hands by swapping buffers, so deciding threads wait on the
+        // lock for a moment, never for thousands of records being moved.
+        std::mem::swap(&mut q.records, slice);
+    } else {
+        slice.extend(q.records.drain(..n));
+    }
+    // Counted as queued until committed (or lost): added under the queue's lock, so a reader
+    // of the stats never sees a record in neither place.
+    shared.committing.fetch_add(n, Ordering::Relaxed);
+    q.stopping && q.records.is_empty()
+}
+
+/// One transaction of the log: it inserts what is queued every [`SLICE`] and commits after
+/// [`LINGER`], [`BATCH`] records, or the stop.
+struct Transaction<'a> {
+    conn: &'a mut Connection,
+    names: &'a mut Names,
+    epoch: i64,
+    shared: &'a Shared,
+}
+
+impl Transaction<'_> {
+    /// Runs the transaction; returns whether the log is stopping with nothing left queued.
+    fn run(self, slice: &mut VecDeque<Queued>) -> bool {
+        let Transaction {
+            conn,
+            names,
+            epoch,
+            shared,
+        } = self;
+        let deadline = Instant::now() + LINGER;
+        let mut tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::from);
+        let mut taken = 0;
+        let stopped = loop {
+            let stopped = take(shared, slice, BATCH - taken);
+            taken += slice.len();
+            // Behind (a long queue), the writer inserts at full speed; keeping up, it inserts
+            // a piece at a time and lets a deciding thread woken on this core run in between,
+            // instead of after the whole slice.
+            let behind = slice.len() > BEHIND;
+            let piece = if behind { slice.len().max(1) } else { PIECE };
+            for records in slice.make_contiguous().chunks(piece) {
+                if let Ok(t) = &tx
+                    && let Err(e) = db::write_rows(t, names, epoch, records)
+                {
+                    tx = Err(e);
+                }
+                if !behind {
+                    std::thread::yield_now();
+                }
+            }
+            slice.clear();
+            if stopped || taken >= BATCH {
+                break stopped;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            if !behind {
+                std::thread::sleep(left.min(SLICE));
+            }
+        };
+        let committed = tx.and_then(|t| Ok(t.commit()?));
+        let n = taken as u64;
+        match committed {
+            Ok(()) => {
+                shared.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                names.forget();
+                shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+                shared.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, records = n, "activity batch lost: commit failed");
+            }
+        }
+        shared.committing.store(0, Ordering::Relaxed);
+        stopped
     }
 }
 
