@@ -12,6 +12,7 @@
 mod db;
 mod follow;
 mod names;
+mod query;
 mod writer;
 
 use std::collections::VecDeque;
@@ -21,8 +22,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use cedar_policy::EntityUid;
 
-pub use db::{Filter, Page};
 pub use follow::{Batch, Follower, Row};
+pub use query::{Filter, Page};
 
 use crate::config::ActivityConfig;
 use crate::storage::now_micros;
@@ -368,7 +369,7 @@ impl ActivityLog {
                 next_cursor: None,
             });
         }
-        db::query(&db::open_reader(&self.path)?, filter)
+        query::query(&db::open_reader(&self.path)?, filter)
     }
 
     /// A follower of the log (the fleet's shipper); `None` when the log is off. Blocking.

@@ -66,15 +66,9 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
     };
     let mut next_expiry = Instant::now();
     loop {
-        let stopping = idle(shared, next_expiry);
-        let stopped = if queued(shared) {
-            let tx = Transaction {
-                conn: &mut conn,
-                names: &mut names,
-                epoch,
-                shared,
-            };
-            tx.run(&mut slice)
+        let (stopping, queued) = idle(shared, next_expiry);
+        let stopped = if queued {
+            transaction(&mut conn, &mut names, epoch, shared, &mut slice)
         } else {
             stopping
         };
@@ -91,8 +85,8 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
 }
 
 /// Waits until a record is queued, the log is stopping, or `until`; returns whether it is
-/// stopping.
-fn idle(shared: &Shared, until: Instant) -> bool {
+/// stopping and whether records are queued.
+fn idle(shared: &Shared, until: Instant) -> (bool, bool) {
     let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
     while q.records.is_empty() && !q.stopping {
         let left = until.saturating_duration_since(Instant::now());
@@ -105,12 +99,7 @@ fn idle(shared: &Shared, until: Instant) -> bool {
             .map(|(g, _)| g)
             .unwrap_or_else(|p| p.into_inner().0);
     }
-    q.stopping
-}
-
-fn queued(shared: &Shared) -> bool {
-    let q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-    !q.records.is_empty()
+    (q.stopping, !q.records.is_empty())
 }
 
 /// Moves up to `most` queued records into `slice`; returns whether the log is stopping with
@@ -132,74 +121,65 @@ fn take(shared: &Shared, slice: &mut VecDeque<Queued>, most: usize) -> bool {
 }
 
 /// One transaction of the log: it inserts what is queued every [`SLICE`] and commits after
-/// [`LINGER`], [`BATCH`] records, or the stop.
-struct Transaction<'a> {
-    conn: &'a mut Connection,
-    names: &'a mut Names,
+/// [`LINGER`], [`BATCH`] records, or the stop. Returns whether the log is stopping with nothing
+/// left queued.
+fn transaction(
+    conn: &mut Connection,
+    names: &mut Names,
     epoch: i64,
-    shared: &'a Shared,
-}
-
-impl Transaction<'_> {
-    /// Runs the transaction; returns whether the log is stopping with nothing left queued.
-    fn run(self, slice: &mut VecDeque<Queued>) -> bool {
-        let Transaction {
-            conn,
-            names,
-            epoch,
-            shared,
-        } = self;
-        let deadline = Instant::now() + LINGER;
-        let mut tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(StoreError::from);
-        let mut taken = 0;
-        let stopped = loop {
-            let stopped = take(shared, slice, BATCH - taken);
-            taken += slice.len();
-            // Behind (a long queue), the writer inserts at full speed; keeping up, it inserts
-            // a piece at a time and lets a deciding thread woken on this core run in between,
-            // instead of after the whole slice.
-            let behind = slice.len() > BEHIND;
-            let piece = if behind { slice.len().max(1) } else { PIECE };
-            for records in slice.make_contiguous().chunks(piece) {
-                if let Ok(t) = &tx
-                    && let Err(e) = db::write_rows(t, names, epoch, records)
-                {
-                    tx = Err(e);
-                }
-                if !behind {
-                    std::thread::yield_now();
-                }
-            }
-            slice.clear();
-            if stopped || taken >= BATCH {
-                break stopped;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
+    shared: &Shared,
+    slice: &mut VecDeque<Queued>,
+) -> bool {
+    let deadline = Instant::now() + LINGER;
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(StoreError::from);
+    let mut taken = 0;
+    let stopped = loop {
+        let stopped = take(shared, slice, BATCH - taken);
+        taken += slice.len();
+        // Behind (a long queue), the writer inserts at full speed; keeping up, it inserts
+        // a piece at a time and lets a deciding thread woken on this core run in between,
+        // instead of after the whole slice.
+        let behind = slice.len() > BEHIND;
+        let piece = if behind { slice.len().max(1) } else { PIECE };
+        for records in slice.make_contiguous().chunks(piece) {
+            if let Ok(t) = &tx
+                && let Err(e) = db::write_rows(t, names, epoch, records)
+            {
+                tx = Err(e);
             }
             if !behind {
-                std::thread::sleep(left.min(SLICE));
-            }
-        };
-        let committed = tx.and_then(|t| Ok(t.commit()?));
-        let n = taken as u64;
-        match committed {
-            Ok(()) => {
-                shared.written.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                names.forget();
-                shared.failed_batches.fetch_add(1, Ordering::Relaxed);
-                shared.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, records = n, "activity batch lost: commit failed");
+                std::thread::yield_now();
             }
         }
-        shared.committing.store(0, Ordering::Relaxed);
-        stopped
+        slice.clear();
+        if stopped || taken >= BATCH {
+            break stopped;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        if !behind {
+            std::thread::sleep(left.min(SLICE));
+        }
+    };
+    let committed = tx.and_then(|t| Ok(t.commit()?));
+    let n = taken as u64;
+    match committed {
+        Ok(()) => {
+            shared.written.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            names.forget();
+            shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+            shared.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(error = %e, records = n, "activity batch lost: commit failed");
+        }
     }
+    shared.committing.store(0, Ordering::Relaxed);
+    stopped
 }
 
 /// Deletes records past the retention.
