@@ -183,6 +183,20 @@ const ROWS_PER_INSERT: [usize; 4] = [512, 64, 8, 1];
 const COLUMNS: &str = "(id, org, time, kind, principal, action, resource, reasons, revision)";
 const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
+/// The statement text for each of [`ROWS_PER_INSERT`], built once: the writer runs one or more
+/// per piece of 8 records, and the text is only the key of SQLite's prepared statements.
+static INSERTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    ROWS_PER_INSERT
+        .iter()
+        .map(|&size| {
+            format!(
+                "INSERT INTO records {COLUMNS} VALUES {}",
+                vec![ROW; size].join(", ")
+            )
+        })
+        .collect()
+});
+
 /// One record as stored: every column a (nullable) integer.
 type Row9 = [Option<i64>; 9];
 
@@ -199,15 +213,12 @@ pub(super) fn write_rows(
         rows.push(row(tx, names, epoch, q)?);
     }
     let mut left: &[Row9] = &rows;
-    for size in ROWS_PER_INSERT {
+    for (size, sql) in ROWS_PER_INSERT.iter().zip(INSERTS.iter()) {
+        let size = *size;
         if left.len() < size {
             continue;
         }
-        let sql = format!(
-            "INSERT INTO records {COLUMNS} VALUES {}",
-            vec![ROW; size].join(", ")
-        );
-        let mut insert = tx.prepare_cached(&sql)?;
+        let mut insert = tx.prepare_cached(sql)?;
         let mut chunks = left.chunks_exact(size);
         for chunk in &mut chunks {
             run_insert(&mut insert, chunk)?;

@@ -68,15 +68,15 @@ fn run(mut conn: Connection, shared: &Shared, bounds: Bounds) {
     loop {
         let (stopping, queued) = idle(shared, next_expiry);
         let stopped = if queued {
-            transaction(&mut conn, &mut names, epoch, shared, &mut slice)
+            let stopped = transaction(&mut conn, &mut names, epoch, shared, &mut slice);
+            keep_within_size(&conn, shared, bounds);
+            stopped
         } else {
             stopping
         };
         if Instant::now() >= next_expiry {
             expire(&conn, shared, bounds);
             next_expiry = Instant::now() + EXPIRE_EVERY;
-        } else {
-            keep_within_size(&conn, shared, bounds);
         }
         if stopped {
             return;
