@@ -32,6 +32,7 @@ fn filled(dir: &Path, shape: Shape, snapshot: &PolicySnapshot) -> Store {
     let store = Store::new(
         Box::new(SqliteStore::open(&dir.join("bench.db")).unwrap()),
         256 << 20,
+        0,
     );
     let start = Instant::now();
     let mut batch = Vec::with_capacity(5_000);

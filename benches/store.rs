@@ -32,6 +32,7 @@ fn filled(dir: &Path, shape: Shape, snapshot: &PolicySnapshot) -> Store {
     let store = Store::new(
         Box::new(SqliteStore::open(&dir.join("bench.db")).unwrap()),
         256 << 20,
+        0,
     );
     let start = Instant::now();
     let mut batch = Vec::with_capacity(5_000);
@@ -149,17 +150,36 @@ fn benches(c: &mut Criterion) {
                 authz::decide(&snapshot, &queries[i], &built[i])
             })
         });
-        // The cold path: a store whose cache holds one entity, so every entity of a decision
-        // is read from SQLite and resolved.
+        // The cold path: a store whose cache holds one entity and no compact forms, so every
+        // entity of a decision is read from SQLite and resolved.
         let cold = Store::new(
             Box::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap()),
             1,
+            0,
         );
         let mut i = 0;
         group.bench_function(BenchmarkId::new("uncached", size), |b| {
             b.iter(|| {
                 i = (i + 1) % queries.len();
                 engine::decide_blocking(&cold, &snapshot, std::slice::from_ref(&queries[i]))
+                    .unwrap()
+            })
+        });
+        // The compact path: every entity of a decision decoded from the cache's second tier
+        // (filled by a first pass), none kept resolved.
+        let compact = Store::new(
+            Box::new(SqliteStore::open(&dir.path().join("bench.db")).unwrap()),
+            1,
+            256 << 20,
+        );
+        for q in &queries {
+            engine::decide_blocking(&compact, &snapshot, std::slice::from_ref(q)).unwrap();
+        }
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("compact", size), |b| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                engine::decide_blocking(&compact, &snapshot, std::slice::from_ref(&queries[i]))
                     .unwrap()
             })
         });

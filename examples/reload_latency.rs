@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse().map_err(anyhow::Error::msg)?,
         auth: Default::default(),
         entity_cache: 16 << 20,
+        compact_cache: 16 << 20,
         watch: true,
         limits: Limits::default(),
         activity: ActivityConfig::beside(&tmp.path().join("policyd.db")),

@@ -95,9 +95,13 @@ pub struct ServeArgs {
     #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// Memory for entities kept ready for decisions (resolved entities take about 1-5 KiB
-    /// each), like 64MiB.
-    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "64MiB", value_parser = crate::config::parse_bytes)]
+    /// each), like 32MiB.
+    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "32MiB", value_parser = crate::config::parse_bytes)]
     pub entity_cache: u64,
+    /// Memory for entities kept in compact form behind the entity cache (about 50-100 bytes
+    /// each: the default holds a million small ones), like 64MiB; 0 turns it off.
+    #[arg(long, env = "POLICYD_COMPACT_CACHE", default_value = "64MiB", value_parser = crate::config::parse_bytes)]
+    pub compact_cache: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "POLICYD_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
@@ -232,6 +236,7 @@ impl ServeArgs {
             listen: self.listen.clone(),
             auth,
             entity_cache: self.entity_cache,
+            compact_cache: self.compact_cache,
             watch: self.watch,
             limits: Limits {
                 max_body_bytes: self.max_body,

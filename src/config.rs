@@ -129,6 +129,9 @@ pub struct ServeConfig {
     pub auth: Auth,
     /// About how many bytes of resolved entities are kept in memory.
     pub entity_cache: u64,
+    /// About how many bytes of entities in compact form are kept in memory behind them (0:
+    /// none).
+    pub compact_cache: u64,
     /// Reload when the policy directory changes.
     pub watch: bool,
     /// Request limits.

@@ -176,6 +176,7 @@ pub fn open(config: &ServeConfig) -> Result<Arc<AppState>, StartError> {
     let store = Store::new(
         Box::new(SqliteStore::open(&config.db_path)?),
         config.entity_cache,
+        config.compact_cache,
     );
     let position = match &config.upstream {
         Some(_) => store.replica_position()?,

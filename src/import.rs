@@ -372,13 +372,13 @@ mod tests {
                 inner: sqlite(dir.path(), &format!("chunked{n}.db")),
                 chunks: chunks.clone(),
             };
-            let chunked = Store::new(Box::new(noting), 1);
+            let chunked = Store::new(Box::new(noting), 1, 0);
             let imported = import_files(&chunked, Some(&schema), &[file]).unwrap();
             assert_eq!(imported, entities.len());
             let chunks = chunks.lock().unwrap().clone();
             assert_eq!(chunks.len(), entities.len().div_ceil(CHUNK), "{chunks:?}");
 
-            let whole = Store::new(Box::new(sqlite(dir.path(), &format!("whole{n}.db"))), 1);
+            let whole = Store::new(Box::new(sqlite(dir.path(), &format!("whole{n}.db"))), 1, 0);
             let records = codec::parse_batch(Value::Array(entities.clone()), Some(&schema));
             whole.upsert(&records.unwrap()).unwrap();
 
@@ -412,7 +412,7 @@ mod tests {
     fn a_late_refusal_writes_nothing_and_names_the_entity() {
         let dir = tempfile::tempdir().unwrap();
         let schema = schema();
-        let store = Store::new(Box::new(sqlite(dir.path(), "s.db")), 1);
+        let store = Store::new(Box::new(sqlite(dir.path(), "s.db")), 1, 0);
         let before = write_file(dir.path(), "before.json", &[user("kept", None)]);
         assert_eq!(import_files(&store, Some(&schema), &[before]).unwrap(), 1);
         let at = 2 * CHUNK + 5;
@@ -488,7 +488,7 @@ mod tests {
             } else {
                 sqlite
             };
-            let store = Store::new(Box::new(sqlite), 1);
+            let store = Store::new(Box::new(sqlite), 1, 0);
             let n = import_files(&store, Some(&schema()), std::slice::from_ref(&file)).unwrap();
             assert_eq!(n, entities.len());
             let wal = std::fs::metadata(dir.path().join(format!("tuned-{tuned}.db-wal")))

@@ -298,7 +298,7 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     let snapshot = policy::load_dir(&args.policies)
         .map_err(|e| anyhow::anyhow!("cannot load the schema:\n{}", lines(&e.errors())))?;
     let sqlite = SqliteStore::open(&args.db)?.for_import(IMPORT_CACHE_MIB)?;
-    let store = Store::new(Box::new(sqlite), 1);
+    let store = Store::new(Box::new(sqlite), 1, 0);
     let n = import::import_files(&store, snapshot.schema.as_ref(), &args.files)?;
     println!("imported {n} entities into {}", args.db.display());
     Ok(())
@@ -379,7 +379,7 @@ fn search(command: SearchCommand) -> anyhow::Result<()> {
         let snapshot = policy::load_dir(&from.policies)
             .map_err(|e| anyhow::anyhow!("cannot load the policies:\n{}", lines(&e.errors())))?;
         anyhow::ensure!(from.db.exists(), "no store at {}", from.db.display());
-        let store = Store::new(Box::new(SqliteStore::open(&from.db)?), 64 << 20);
+        let store = Store::new(Box::new(SqliteStore::open(&from.db)?), 64 << 20, 0);
         let context = from
             .context
             .as_deref()

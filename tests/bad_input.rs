@@ -526,6 +526,7 @@ fn invalid_policies_refuse_to_start() {
             listen: "127.0.0.1:0".parse().unwrap(),
             auth: Default::default(),
             entity_cache: 10,
+            compact_cache: 0,
             watch: false,
             limits: Default::default(),
             activity: policyd::config::ActivityConfig::beside(&tmp.path().join("db")),

@@ -411,8 +411,8 @@ async fn compare(d: &Daemon, policies: &Path, world: &World) -> Result<(), TestC
         snapshot.schema.as_ref(),
     )
     .unwrap();
-    // Each request twice: cold (read from SQLite) and warm (from the entity cache), and as a
-    // batch sharing one slice.
+    // Each request twice: cold (decoded from the entities kept in compact form, which the
+    // writes put there) and warm (from the entity cache), and as a batch sharing one slice.
     for round in 0..2 {
         let (status, body) = d
             .call(

@@ -4,9 +4,11 @@
 //! reasons and error count, and the same requests refused as invalid. Every entity reads back
 //! equal, as a Cedar entity. `generated.rs` does the same over generated stores and requests.
 //!
-//! Each request is compared on three paths: alone on a daemon whose entity cache holds one
-//! entry (every decision reads SQLite), in batches on that daemon, and in batches on a daemon
-//! with the usual cache, cold then warm.
+//! Each request is compared on four paths: alone on a daemon whose entity cache holds one
+//! entry and keeps nothing in compact form (every decision reads SQLite), in batches on that
+//! daemon, alone on a daemon whose entity cache holds one entry over the entities kept in
+//! compact form (every decision decodes them from there), and in batches on a daemon with the
+//! usual caches, cold then warm.
 
 mod common;
 #[path = "fidelity/generated.rs"]
@@ -103,11 +105,13 @@ fn answer(body: &Value) -> Answer {
     (decision, reasons, errors)
 }
 
-/// Starts a daemon on the world's policies and writes its entities file, whole.
-pub async fn load(world: &World, entity_cache: u64) -> Daemon {
+/// Starts a daemon on the world's policies, with these cache sizes, and writes its entities
+/// file, whole.
+pub async fn load(world: &World, entity_cache: u64, compact_cache: u64) -> Daemon {
     let d = Daemon::start(Setup {
         policies: world.dir.clone(),
         entity_cache,
+        compact_cache,
         ..Setup::default()
     })
     .await;
@@ -163,12 +167,39 @@ pub async fn compare(world: &World, requests: &[Value]) -> usize {
     let valid: Vec<usize> = (0..requests.len()).filter(|i| want[*i].is_some()).collect();
     let mut compared = 0;
 
-    let sqlite = load(world, 1).await;
+    let sqlite = load(world, 1, 0).await;
     read_back(&sqlite, world).await;
-    for (request, want) in requests.iter().zip(&want) {
-        let (status, body) = sqlite
-            .call("POST", "/v1/is_authorized", Some(request))
-            .await;
+    compared += singles(&sqlite, &name, requests, &want).await;
+    compared += batches(&sqlite, world, requests, &valid, &want).await;
+    let (_, status) = sqlite.call("GET", "/v1/policies", None).await;
+    assert_eq!(status["entity_cache"]["compact"]["hits"], 0, "{name}");
+    sqlite.stop().await;
+
+    let compact = load(world, 1, 16 << 20).await;
+    compared += singles(&compact, &name, requests, &want).await;
+    let (_, status) = compact.call("GET", "/v1/policies", None).await;
+    let compact_hits = &status["entity_cache"]["compact"]["hits"];
+    let stored = world.entities_json.len();
+    // Every entity is kept compactly (action entities are not stored), and decisions read
+    // them from there.
+    assert!(
+        stored == 0 || compact_hits.as_u64() > Some(0),
+        "{name}: {status}"
+    );
+    compact.stop().await;
+
+    let cached = load(world, 16 << 20, 16 << 20).await;
+    for _round in 0..2 {
+        compared += batches(&cached, world, requests, &valid, &want).await;
+    }
+    cached.stop().await;
+    compared
+}
+
+/// Each request alone, compared with Cedar's answer (`None`: Cedar refuses it).
+async fn singles(d: &Daemon, name: &str, requests: &[Value], want: &[Option<Answer>]) -> usize {
+    for (request, want) in requests.iter().zip(want) {
+        let (status, body) = d.call("POST", "/v1/is_authorized", Some(request)).await;
         match want {
             Some(want) => {
                 assert_eq!(status, 200, "{name}: {request}: {body}");
@@ -181,17 +212,8 @@ pub async fn compare(world: &World, requests: &[Value]) -> usize {
                 );
             }
         }
-        compared += 1;
     }
-    compared += batches(&sqlite, world, requests, &valid, &want).await;
-    sqlite.stop().await;
-
-    let cached = load(world, 16 << 20).await;
-    for _round in 0..2 {
-        compared += batches(&cached, world, requests, &valid, &want).await;
-    }
-    cached.stop().await;
-    compared
+    requests.len()
 }
 
 async fn batches(
@@ -293,7 +315,7 @@ async fn hand_written_worlds_decide_like_cedar() {
             "{name}: {refused} invalid requests"
         );
 
-        let d = load(&world, 16 << 20).await;
+        let d = load(&world, 16 << 20, 16 << 20).await;
         let (_, status) = d.call("GET", "/v1/policies", None).await;
         assert_eq!(status["slicing"]["mode"], mode, "{name}: {status}");
         d.stop().await;

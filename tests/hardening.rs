@@ -331,7 +331,7 @@ async fn serve_permit_all(
     let snapshot = policyd::policy::load_dir(dir.path()).unwrap();
     let state = policyd::state::AppState::new(
         snapshot,
-        Store::new(Box::new(backend), 10),
+        Store::new(Box::new(backend), 10, 0),
         limits,
         Auth::default(),
         policyd::reload::Reloader::new(dir.path()),

@@ -35,7 +35,7 @@ fn rows(table: &str) -> Vec<Vec<String>> {
 
 fn allowed(db: &Path, p: &EntityUid, a: &str, r: &EntityUid) -> bool {
     let snapshot = load_dir(&repo_policies()).unwrap();
-    let store = Store::new(Box::new(SqliteStore::open(db).unwrap()), 1 << 20);
+    let store = Store::new(Box::new(SqliteStore::open(db).unwrap()), 1 << 20, 0);
     let action = policyd::uid::from_parts("Action", a).unwrap();
     let Ok(q) = authz::prepare(&snapshot, p.clone(), action, r.clone(), None) else {
         return false;

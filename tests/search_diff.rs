@@ -151,6 +151,7 @@ fn load(world: &World, snapshot: &PolicySnapshot) -> Loaded {
     let store = Store::new(
         Box::new(SqliteStore::open(&dir.path().join("s.db")).unwrap()),
         1 << 20,
+        1 << 20,
     );
     let records = codec::parse_batch(
         Value::Array(world.entities.clone()),

@@ -45,6 +45,7 @@ pub async fn scrape(state: &AppState) -> Result<hyper::Response<Body>, ApiError>
         revision: snapshot.revision.to_string(),
         entities,
         cache: state.store.cache_stats(),
+        compact: state.store.compact_stats(),
         activity: (activity.written, activity.dropped, activity.queued),
         reservations_open,
         analysis: (analysis.completed, analysis.unavailable, analysis.widenings),

@@ -78,6 +78,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
     let counts = state.reloader.analysis_counts();
     let a = state.activity.stats();
     let (hits, misses, cached) = state.store.cache_stats();
+    let (compact_hits, compact_entries) = state.store.compact_stats();
     json::respond(
         StatusCode::OK,
         &json!({
@@ -87,7 +88,10 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
             "deref_depth": snapshot.deref_depth,
             "slicing": slicing_json(&snapshot.slicing),
             "last_reload": last_reload,
-            "entity_cache": { "hits": hits, "misses": misses, "entries": cached },
+            "entity_cache": {
+                "hits": hits, "misses": misses, "entries": cached,
+                "compact": { "hits": compact_hits, "entries": compact_entries },
+            },
             "activity": {
                 "enabled": a.enabled,
                 "queued": a.queued,

@@ -141,6 +141,8 @@ struct Scraped {
     cache_hits: IntCounter,
     cache_misses: IntCounter,
     cache_entries: IntGauge,
+    compact_hits: IntCounter,
+    compact_entries: IntGauge,
     activity_written: IntCounter,
     activity_dropped: IntCounter,
     activity_queued: IntGauge,
@@ -165,6 +167,8 @@ pub struct Snapshot {
     pub entities: Vec<(String, u64)>,
     /// Entity cache hits, misses (totals) and entries.
     pub cache: (u64, u64, usize),
+    /// Hits (total) and entries of the entities kept in compact form.
+    pub compact: (u64, usize),
     /// Activity records written, dropped (totals) and queued.
     pub activity: (u64, u64, usize),
     /// Reservations open, when the backend tells.
@@ -307,6 +311,14 @@ impl Metrics {
                 "policyd_entity_cache_entries",
                 "Entities held in the entity cache.",
             )?,
+            compact_hits: counter(
+                "policyd_entity_cache_compact_hits_total",
+                "Entity cache misses answered from the entities kept in compact form.",
+            )?,
+            compact_entries: gauge(
+                "policyd_entity_cache_compact_entries",
+                "Entities kept in compact form.",
+            )?,
             activity_written: counter(
                 "policyd_activity_records_written_total",
                 "Activity records committed to the activity log.",
@@ -409,6 +421,9 @@ impl Metrics {
         catch_up(&s.cache_hits, hits);
         catch_up(&s.cache_misses, misses);
         s.cache_entries.set(clamp(entries as u64));
+        let (compact_hits, compact_entries) = now.compact;
+        catch_up(&s.compact_hits, compact_hits);
+        s.compact_entries.set(clamp(compact_entries as u64));
         let (written, dropped, queued) = now.activity;
         catch_up(&s.activity_written, written);
         catch_up(&s.activity_dropped, dropped);

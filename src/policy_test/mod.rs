@@ -290,7 +290,7 @@ fn run_cases(snapshot: &PolicySnapshot, path: &Path) -> Result<Vec<CaseResult>, 
         })
     })?;
     let backend = SqliteStore::open(&dir.path().join("entities.db")).map_err(store_err)?;
-    let store = Store::new(Box::new(backend), CACHE);
+    let store = Store::new(Box::new(backend), CACHE, 0);
     store.upsert(&records).map_err(store_err)?;
     test.cases
         .into_iter()

@@ -1,10 +1,18 @@
-//! A bounded cache of resolved entities that can never serve a value older than the last write.
+//! A bounded cache of entities, in two tiers, that can never serve a value older than the last
+//! write.
 //!
 //! Decoding entity JSON costs far more than evaluating policies, so decisions read resolved
 //! entities from here. An entry holds its entity's own data and its ancestor closure, so a write
 //! invalidates the entities it wrote, and also every entry when it changed the ancestors of an
 //! entity that has descendants (their closures are then stale). Writes that move a subtree are
 //! rare; writes of leaves (users, items) are the common case and evict only themselves.
+//!
+//! A resolved entity takes kilobytes, so behind it a second tier keeps entities in compact form
+//! (see [`super::compact`], a few dozen bytes each, in an [`Arena`]): a miss of the first tier
+//! that the second holds is a decode instead of a database read and a JSON parse. A compact
+//! entry holds only its entity's own data, so only writes of that entity make it stale: writes
+//! put their entities' new compact forms in (write-through), and a write whose entities are not
+//! known (a streamed import) empties the tier.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -13,7 +21,22 @@ use cedar_policy::EntityUid;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
+use super::arena::Arena;
+use super::codec::Decoded;
+use super::compact::Symbols;
 use super::resolve::Resolved;
+
+/// An entity's compact form and the length of its key (see [`Symbols::encode`]).
+pub(super) type Form = (Vec<u8>, usize);
+
+/// What a read of the backend found, to be cached by [`EntityCache::fill`].
+#[derive(Default)]
+pub(super) struct Fill {
+    /// Resolved entities (and absent ones).
+    pub(super) entries: Vec<(EntityUid, Entry)>,
+    /// Compact forms of what was read from the backend.
+    pub(super) forms: Vec<Form>,
+}
 
 /// `None` entries remember that an entity is absent.
 pub(super) type Entry = Option<Arc<Resolved>>;
@@ -33,14 +56,26 @@ impl Weighter<EntityUid, Entry> for Bytes {
 
 pub(super) struct EntityCache {
     entries: Cache<EntityUid, Entry, Bytes>,
+    /// The second tier: compact forms; `None` when turned off.
+    compact: Option<Arena>,
+    symbols: Symbols,
     hits: AtomicU64,
     misses: AtomicU64,
+    compact_hits: AtomicU64,
     /// Counts writes. A reader fills the cache only if no write committed since it began
     /// reading, so a slow reader can never re-insert what a write just replaced.
     epoch: RwLock<u64>,
 }
 
-/// What a write tells the cache.
+/// Which entities a write wrote.
+pub(super) enum Written<'a> {
+    /// These, with the compact forms of those that have one.
+    Entities(&'a [&'a EntityUid], Vec<Form>),
+    /// Not known: every cached entity may be stale.
+    Unknown,
+}
+
+/// What a write tells the cache about ancestor closures.
 pub(super) enum Invalidate {
     /// Only the written entities changed.
     Written,
@@ -49,14 +84,18 @@ pub(super) enum Invalidate {
 }
 
 impl EntityCache {
-    /// A cache holding about `bytes` of entities.
-    pub(super) fn new(bytes: u64) -> Self {
+    /// A cache holding about `bytes` of resolved entities and `compact` bytes of compact ones
+    /// (0: no second tier).
+    pub(super) fn new(bytes: u64, compact: u64) -> Self {
         // Sized for entities of about 2 KiB; the weights, not this estimate, bound the cache.
         let estimated = usize::try_from(bytes / 2048).unwrap_or(usize::MAX).max(16);
         EntityCache {
             entries: Cache::with_weighter(estimated, bytes.max(1), Bytes),
+            compact: (compact > 0).then(|| Arena::new(compact)),
+            symbols: Symbols::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            compact_hits: AtomicU64::new(0),
             epoch: RwLock::new(0),
         }
     }
@@ -70,6 +109,29 @@ impl EntityCache {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
+    }
+
+    /// `uid` decoded from the second tier, when it holds it.
+    pub(super) fn decoded(&self, uid: &EntityUid) -> Option<Decoded> {
+        let arena = self.compact.as_ref()?;
+        let key = self.symbols.key(uid)?;
+        let decoded = arena.with(&key, |bytes| self.symbols.decode(bytes))??;
+        self.compact_hits.fetch_add(1, Ordering::Relaxed);
+        Some(decoded)
+    }
+
+    /// The compact form of a canonical entity JSON, when the second tier is on and can hold it.
+    pub(super) fn form(&self, json: &serde_json::Value) -> Option<Form> {
+        self.compact.as_ref()?;
+        self.symbols.encode(json)
+    }
+
+    /// Second-tier `(hits, entries)` since start.
+    pub(super) fn compact_stats(&self) -> (u64, usize) {
+        (
+            self.compact_hits.load(Ordering::Relaxed),
+            self.compact.as_ref().map_or(0, Arena::len),
+        )
     }
 
     /// `(hits, misses, entries)` since start.
@@ -87,28 +149,41 @@ impl EntityCache {
     }
 
     /// Caches what was read at `epoch`, unless a write has happened since.
-    pub(super) fn fill(&self, epoch: u64, entries: Vec<(EntityUid, Entry)>) {
+    pub(super) fn fill(&self, epoch: u64, fill: Fill) {
         let current = self.epoch.read().unwrap_or_else(|p| p.into_inner());
         if *current != epoch {
             return;
         }
-        for (uid, entry) in entries {
+        for (uid, entry) in fill.entries {
             self.entries.insert(uid, entry);
+        }
+        if let Some(arena) = &self.compact {
+            for (form, key) in fill.forms {
+                arena.insert(&form, key);
+            }
         }
     }
 
-    /// Runs a backend write and drops what it made stale, excluding fills meanwhile: the cached
-    /// copies of `uids`, or everything when `scope` says so. A failed write drops everything:
-    /// its outcome may be unknown.
+    /// Runs a backend write and drops what it made stale, excluding fills meanwhile: the
+    /// resolved copies of the written entities, or all of them when `scope` says so; the compact
+    /// forms of the written entities are replaced by the new ones. A failed write drops what
+    /// it may have changed: its outcome may be unknown.
     pub(super) fn write<T, E>(
         &self,
-        uids: &[&EntityUid],
+        written: Written<'_>,
         write: impl FnOnce() -> Result<T, E>,
         scope: impl FnOnce(&T) -> Invalidate,
     ) -> Result<T, E> {
         let result = write();
         let mut epoch = self.epoch.write().unwrap_or_else(|p| p.into_inner());
         *epoch += 1;
+        let Written::Entities(uids, forms) = written else {
+            self.entries.clear();
+            if let Some(arena) = &self.compact {
+                arena.clear();
+            }
+            return result;
+        };
         match result.as_ref().map(scope) {
             Ok(Invalidate::Written) => {
                 for uid in uids {
@@ -116,6 +191,18 @@ impl EntityCache {
                 }
             }
             Ok(Invalidate::Everything) | Err(_) => self.entries.clear(),
+        }
+        if let Some(arena) = &self.compact {
+            for uid in uids {
+                if let Some(key) = self.symbols.key(uid) {
+                    arena.remove(&key);
+                }
+            }
+            if result.is_ok() {
+                for (form, key) in forms {
+                    arena.insert(&form, key);
+                }
+            }
         }
         result
     }

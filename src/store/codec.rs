@@ -336,14 +336,21 @@ pub fn encode(entity: &Entity) -> Result<Record, String> {
     })
 }
 
-/// Parses a stored entity body back into an entity, its parents and the uids it points at.
-pub fn decode(uid: &EntityUid, body: &str) -> Result<Decoded, DecodeError> {
+/// Parses the stored body of `uid` (store corruption when it is not JSON).
+pub fn parse_body(uid: &EntityUid, body: &str) -> Result<Value, DecodeError> {
+    serde_json::from_str(body).map_err(|e| DecodeError {
+        uid: uid.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Turns a stored entity's parsed body (see [`parse_body`]) back into an entity, its parents
+/// and the uids it points at.
+pub fn decode(uid: &EntityUid, json: Value) -> Result<Decoded, DecodeError> {
     let fail = |message: String| DecodeError {
         uid: uid.to_string(),
         message,
     };
-    // One parse serves the parents, the references and the entity.
-    let json: Value = serde_json::from_str(body).map_err(|e| fail(e.to_string()))?;
     let parents = parents_of(&json);
     let (entity, refs) = match super::materialize::materialize(&json) {
         Some(built) => built,

@@ -6,8 +6,10 @@
 //! are the same for every backend.
 
 mod actions;
+mod arena;
 mod cache;
 pub mod codec;
+mod compact;
 mod materialize;
 pub mod replica;
 pub mod resolve;
@@ -22,7 +24,7 @@ use cedar_policy_core::ast;
 
 use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
-use cache::{EntityCache, Entry, Invalidate};
+use cache::{EntityCache, Entry, Fill, Invalidate, Written};
 pub use codec::Record;
 pub use resolve::Resolved;
 
@@ -216,11 +218,12 @@ impl Store {
         self.backend.as_ledger()
     }
 
-    /// Wraps `backend`, caching about `cache_bytes` of resolved entities.
-    pub fn new(backend: Box<dyn Backend>, cache_bytes: u64) -> Self {
+    /// Wraps `backend`, caching about `cache_bytes` of resolved entities and, behind them,
+    /// `compact_bytes` of entities in compact form (0: none).
+    pub fn new(backend: Box<dyn Backend>, cache_bytes: u64, compact_bytes: u64) -> Self {
         Store {
             backend,
-            cache: EntityCache::new(cache_bytes),
+            cache: EntityCache::new(cache_bytes, compact_bytes),
             valve: valve::StallValve::default(),
         }
     }
@@ -228,8 +231,13 @@ impl Store {
     /// Writes `records` atomically; once this returns, every decision sees them.
     pub fn upsert(&self, records: &[Record]) -> Result<(), StoreError> {
         let uids: Vec<&EntityUid> = records.iter().map(|r| &r.uid).collect();
+        let forms = self.forms(records);
         self.cache
-            .write(&uids, || self.backend.upsert(records), |e| invalidate(*e))
+            .write(
+                Written::Entities(&uids, forms),
+                || self.backend.upsert(records),
+                |e| invalidate(*e),
+            )
             .map(drop)
     }
 
@@ -239,7 +247,7 @@ impl Store {
     pub fn upsert_stream(&self, next: &mut NextChunk<'_>) -> Result<(), StoreError> {
         self.cache
             .write(
-                &[],
+                Written::Unknown,
                 || self.backend.upsert_stream(next),
                 |_| Invalidate::Everything,
             )
@@ -252,8 +260,13 @@ impl Store {
         let uids: Vec<&EntityUid> = (batch.upserts.iter().map(|r| &r.uid))
             .chain(&batch.deletes)
             .collect();
+        let forms = self.forms(&batch.upserts);
         self.cache
-            .write(&uids, || self.backend.replicate(batch), |e| invalidate(*e))
+            .write(
+                Written::Entities(&uids, forms),
+                || self.backend.replicate(batch),
+                |e| invalidate(*e),
+            )
             .map(drop)
     }
 
@@ -266,7 +279,7 @@ impl Store {
     pub fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError> {
         self.cache
             .write(
-                &[uid],
+                Written::Entities(&[uid], Vec::new()),
                 || self.backend.delete(uid),
                 |e| e.map_or(Invalidate::Written, invalidate),
             )
@@ -307,6 +320,23 @@ impl Store {
     /// Entity cache `(hits, misses, entries)` since start.
     pub fn cache_stats(&self) -> (u64, u64, usize) {
         self.cache.stats()
+    }
+
+    /// The compact tier's `(hits, entries)` since start: misses of the entity cache that it
+    /// answered, and the entities it holds.
+    pub fn compact_stats(&self) -> (u64, usize) {
+        self.cache.compact_stats()
+    }
+
+    /// The compact forms of `records`, for the cache's second tier.
+    fn forms(&self, records: &[Record]) -> Vec<cache::Form> {
+        records
+            .iter()
+            .filter_map(|r| {
+                let json = serde_json::from_str(&r.body).ok()?;
+                self.cache.form(&json)
+            })
+            .collect()
     }
 
     /// Checks that the backend answers.
@@ -407,23 +437,23 @@ impl Store {
             return Ok(hit);
         }
         let epoch = self.cache.epoch();
-        let mut loaded = Vec::new();
+        let mut loaded = Fill::default();
         let found = self.load(uid, &mut Vec::new(), &mut loaded)?;
         self.cache.fill(epoch, loaded);
         Ok(found)
     }
 
     /// Reads and resolves `uid` and, first, its parents (from the cache, or recursively from
-    /// the backend). `path` holds the entities being resolved below this one, so a cycle in
-    /// stored data (which writes refuse) is reported as corruption instead of recursing
-    /// forever. `loaded` collects what was read, for the cache.
+    /// its compact tier or the backend). `path` holds the entities being resolved below this
+    /// one, so a cycle in stored data (which writes refuse) is reported as corruption instead
+    /// of recursing forever. `loaded` collects what was read, for the cache.
     fn load(
         &self,
         uid: &EntityUid,
         path: &mut Vec<EntityUid>,
-        loaded: &mut Vec<(EntityUid, Entry)>,
+        loaded: &mut Fill,
     ) -> Result<Entry, StoreError> {
-        if let Some((_, entry)) = loaded.iter().find(|(u, _)| u == uid) {
+        if let Some((_, entry)) = loaded.entries.iter().find(|(u, _)| u == uid) {
             return Ok(entry.clone());
         }
         if !path.is_empty()
@@ -437,10 +467,20 @@ impl Store {
                 message: "it is its own ancestor (a cycle in the stored hierarchy)".to_owned(),
             }));
         }
-        let entry = match self.backend.body(uid)? {
+        let decoded = match self.cache.decoded(uid) {
+            Some(decoded) => Some(decoded),
+            None => match self.backend.body(uid)? {
+                None => None,
+                Some(body) => {
+                    let json = codec::parse_body(uid, &body)?;
+                    loaded.forms.extend(self.cache.form(&json));
+                    Some(codec::decode(uid, json)?)
+                }
+            },
+        };
+        let entry = match decoded {
             None => None,
-            Some(body) => {
-                let decoded = codec::decode(uid, &body)?;
+            Some(decoded) => {
                 path.push(uid.clone());
                 let mut parents = Vec::with_capacity(decoded.parents.len());
                 for parent in &decoded.parents {
@@ -450,7 +490,7 @@ impl Store {
                 Some(Arc::new(resolve::resolve(decoded, &parents)))
             }
         };
-        loaded.push((uid.clone(), entry.clone()));
+        loaded.entries.push((uid.clone(), entry.clone()));
         Ok(entry)
     }
 }

@@ -42,6 +42,8 @@ pub struct Setup {
     pub entities: Option<PathBuf>,
     pub limits: Limits,
     pub entity_cache: u64,
+    /// `--compact-cache`.
+    pub compact_cache: u64,
     pub watch: bool,
     pub activity: bool,
     pub activity_queue: usize,
@@ -57,6 +59,7 @@ impl Default for Setup {
             entities: None,
             limits: Limits::default(),
             entity_cache: 16 << 20,
+            compact_cache: 16 << 20,
             watch: true,
             activity: true,
             activity_queue: 65_536,
@@ -101,6 +104,7 @@ impl Daemon {
             listen: "127.0.0.1:0".parse().unwrap(),
             auth: setup.auth,
             entity_cache: setup.entity_cache,
+            compact_cache: setup.compact_cache,
             watch: setup.watch,
             limits: setup.limits,
             activity: ActivityConfig {
