@@ -95,8 +95,8 @@ pub struct ServeArgs {
     #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// Memory for entities kept ready for decisions (resolved entities take about 1-5 KiB
-    /// each), like 32MiB.
-    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "32MiB", value_parser = crate::config::parse_bytes)]
+    /// each), like 48MiB.
+    #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "48MiB", value_parser = crate::config::parse_bytes)]
     pub entity_cache: u64,
     /// Memory for entities kept in compact form behind the entity cache (about 50-100 bytes
     /// each: the default holds a million small ones), like 64MiB; 0 turns it off.
