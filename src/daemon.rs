@@ -34,11 +34,18 @@ pub enum StartError {
     Metrics(#[from] crate::metrics::MetricsError),
 }
 
-/// Starts the background work of a serving daemon: policy reloads (worker, watcher, SIGHUP)
-/// and the sweep of expired storage reservations. Call once, inside the runtime.
+/// Starts the background work of a serving daemon: policy reloads (worker, watcher, SIGHUP),
+/// the sweep of expired storage reservations, and warming the entity cache's compact tier.
+/// Call once, inside the runtime.
 pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
     crate::reload::spawn(state, config.watch);
     tokio::spawn(sweep_reservations(state.clone()));
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || match store.warm() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entities = n, "entity cache warmed"),
+        Err(e) => tracing::warn!(error = %e, "warming the entity cache failed"),
+    });
     if let Some(fleet) = state.fleet.get() {
         let settings = fleet.config();
         tracing::info!(
@@ -67,9 +74,11 @@ pub fn spawn_background(state: &Arc<AppState>, config: &ServeConfig) {
     }
 }
 
-/// Stops background work that must finish cleanly: cancels a running policy change analysis
-/// (killing its solver) and commits every queued activity record.
+/// Stops background work that must finish cleanly: ends the entity cache's warm-up, cancels a
+/// running policy change analysis (killing its solver) and commits every queued activity
+/// record.
 pub async fn finish(state: &Arc<AppState>) {
+    state.store.stop_warming();
     state.reloader.stop();
     let st = state.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || st.activity.flush_and_stop()).await {

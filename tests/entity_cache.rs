@@ -81,3 +81,44 @@ fn with_the_compact_tier_off_every_miss_reads_the_store() {
     assert_eq!(level(&store, "Doc::\"d\""), Some(2));
     assert_eq!(store.compact_stats(), (0, 0));
 }
+
+/// `n` documents under one organization.
+fn documents(n: usize) -> Vec<codec::Record> {
+    let mut items =
+        vec![json!({"uid": {"type": "Org", "id": "o"}, "attrs": {"level": 0}, "parents": []})];
+    items.extend((0..n).map(|i| {
+        json!({"uid": {"type": "Doc", "id": format!("d{i}")}, "attrs": {"level": i},
+               "parents": [{"type": "Org", "id": "o"}]})
+    }));
+    records(Value::Array(items))
+}
+
+#[test]
+fn a_restarted_store_warms_its_compact_tier_from_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let first = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 0);
+    first.upsert(&documents(3_000)).unwrap();
+    drop(first);
+
+    let restarted = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 8 << 20);
+    assert_eq!(restarted.compact_stats(), (0, 0));
+    assert_eq!(restarted.warm().unwrap(), 3_001);
+    assert_eq!(restarted.compact_stats(), (0, 3_001));
+    assert_eq!(level(&restarted, "Doc::\"d2999\""), Some(2999));
+    // The document and its organization were decoded, not read from SQLite.
+    assert_eq!(restarted.compact_stats().0, 2);
+
+    // A small tier is warmed to about 7/8 of its bound, not cycled through (a shard that
+    // fills before the others may drop a few of its first).
+    let small = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 32 << 10);
+    let kept = small.warm().unwrap();
+    assert!((500..3_001).contains(&kept), "{kept}");
+    let held = small.compact_stats().1;
+    assert!(held <= kept && held * 10 >= kept * 9, "{held} of {kept}");
+
+    // A stopped warm-up keeps nothing more.
+    let stopped = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 8 << 20);
+    stopped.stop_warming();
+    assert_eq!(stopped.warm().unwrap(), 0);
+}

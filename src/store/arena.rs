@@ -47,6 +47,7 @@ struct Shard {
 /// The table.
 pub struct Arena {
     shards: Vec<RwLock<Shard>>,
+    budget: u64,
     segment_bytes: usize,
     hasher: DefaultHashBuilder,
 }
@@ -60,6 +61,7 @@ impl Arena {
             .min(1 << OFFSET_BITS);
         Arena {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            budget: bytes,
             segment_bytes,
             hasher: DefaultHashBuilder::default(),
         }
@@ -160,6 +162,11 @@ impl Arena {
         for s in 0..SHARDS {
             *self.write(s) = Shard::default();
         }
+    }
+
+    /// The bytes of values it was made to hold.
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// Values kept.

@@ -148,11 +148,11 @@ impl EntityCache {
         *self.epoch.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Caches what was read at `epoch`, unless a write has happened since.
-    pub(super) fn fill(&self, epoch: u64, fill: Fill) {
+    /// Caches what was read at `epoch`, unless a write has happened since (`false` then).
+    pub(super) fn fill(&self, epoch: u64, fill: Fill) -> bool {
         let current = self.epoch.read().unwrap_or_else(|p| p.into_inner());
         if *current != epoch {
-            return;
+            return false;
         }
         for (uid, entry) in fill.entries {
             self.entries.insert(uid, entry);
@@ -162,6 +162,23 @@ impl EntityCache {
                 arena.insert(&form, key);
             }
         }
+        true
+    }
+
+    /// Keeps compact forms read at `epoch`, unless a write has happened since; `false` then.
+    pub(super) fn fill_forms(&self, epoch: u64, forms: Vec<Form>) -> bool {
+        self.fill(
+            epoch,
+            Fill {
+                entries: Vec::new(),
+                forms,
+            },
+        )
+    }
+
+    /// The bytes of compact forms the second tier holds at most (0 when it is off).
+    pub(super) fn compact_budget(&self) -> u64 {
+        self.compact.as_ref().map_or(0, Arena::budget)
     }
 
     /// Runs a backend write and drops what it made stale, excluding fills meanwhile: the

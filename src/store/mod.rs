@@ -16,6 +16,7 @@ pub mod resolve;
 mod slice;
 pub mod sqlite;
 pub mod valve;
+mod warm;
 
 use std::sync::Arc;
 
@@ -202,6 +203,8 @@ pub struct Store {
     backend: Box<dyn Backend>,
     cache: EntityCache,
     valve: valve::StallValve,
+    /// Set to stop [`Store::warm`].
+    stop_warming: std::sync::atomic::AtomicBool,
 }
 
 /// Why [`Store::slice_now`] gave up.
@@ -225,6 +228,7 @@ impl Store {
             backend,
             cache: EntityCache::new(cache_bytes, compact_bytes),
             valve: valve::StallValve::default(),
+            stop_warming: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -260,10 +264,14 @@ impl Store {
         let uids: Vec<&EntityUid> = (batch.upserts.iter().map(|r| &r.uid))
             .chain(&batch.deletes)
             .collect();
-        let forms = self.forms(&batch.upserts);
+        // A reset also removes every entity it does not list: which ones is not known here.
+        let written = match batch.reset {
+            true => Written::Unknown,
+            false => Written::Entities(&uids, self.forms(&batch.upserts)),
+        };
         self.cache
             .write(
-                Written::Entities(&uids, forms),
+                written,
                 || self.backend.replicate(batch),
                 |e| invalidate(*e),
             )
