@@ -24,10 +24,8 @@
 
 use std::sync::{RwLock, RwLockReadGuard};
 
-use cedar_policy::{EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use cedar_policy_core::ast;
-use cedar_policy_core::evaluator::RestrictedEvaluator;
-use cedar_policy_core::extensions::Extensions;
 use hashbrown::HashMap;
 use serde_json::{Map, Value};
 use smol_str::SmolStr;
@@ -367,18 +365,7 @@ impl Decoder<'_, '_> {
             }
             EXTENSION => {
                 let function = self.str()?.to_owned();
-                let arg = self.str()?.to_owned();
-                let call = match function.as_str() {
-                    "ip" => RestrictedExpression::new_ip(arg),
-                    "decimal" => RestrictedExpression::new_decimal(arg),
-                    "datetime" => RestrictedExpression::new_datetime(arg),
-                    "duration" => RestrictedExpression::new_duration(arg),
-                    _ => return None,
-                };
-                let core: &ast::RestrictedExpr = call.as_ref();
-                RestrictedEvaluator::new(Extensions::all_available())
-                    .interpret(core.as_borrowed())
-                    .ok()?
+                super::materialize::extension(&function, self.str()?)?
             }
             _ => return None,
         })

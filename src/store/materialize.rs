@@ -95,18 +95,7 @@ fn object(m: &Map<String, Value>, refs: &mut Vec<EntityUid>) -> Option<ast::Valu
         if ext.as_object().is_none_or(|e| e.len() != 2) {
             return None;
         }
-        let arg = ext.get("arg")?.as_str()?.to_owned();
-        let call = match ext.get("fn")?.as_str()? {
-            "ip" => RestrictedExpression::new_ip(arg),
-            "decimal" => RestrictedExpression::new_decimal(arg),
-            "datetime" => RestrictedExpression::new_datetime(arg),
-            "duration" => RestrictedExpression::new_duration(arg),
-            _ => return None,
-        };
-        let core: &ast::RestrictedExpr = call.as_ref();
-        return RestrictedEvaluator::new(Extensions::all_available())
-            .interpret(core.as_borrowed())
-            .ok();
+        return extension(ext.get("fn")?.as_str()?, ext.get("arg")?.as_str()?);
     }
     if m.keys().any(|k| k.starts_with("__")) {
         return None;
@@ -116,6 +105,23 @@ fn object(m: &Map<String, Value>, refs: &mut Vec<EntityUid>) -> Option<ast::Valu
         .map(|(k, v)| Some((SmolStr::from(k.as_str()), value(v, refs)?)))
         .collect::<Option<Vec<_>>>()?;
     Some(ast::Value::record(pairs, None))
+}
+
+/// The extension value `function(arg)`, built by Cedar's own extension functions; `None` for a
+/// function the canonical JSON does not use, or an argument Cedar refuses.
+pub(super) fn extension(function: &str, arg: &str) -> Option<ast::Value> {
+    let arg = arg.to_owned();
+    let call = match function {
+        "ip" => RestrictedExpression::new_ip(arg),
+        "decimal" => RestrictedExpression::new_decimal(arg),
+        "datetime" => RestrictedExpression::new_datetime(arg),
+        "duration" => RestrictedExpression::new_duration(arg),
+        _ => return None,
+    };
+    let core: &ast::RestrictedExpr = call.as_ref();
+    RestrictedEvaluator::new(Extensions::all_available())
+        .interpret(core.as_borrowed())
+        .ok()
 }
 
 /// The keys of Cedar's entity JSON, and whether each must be present.
