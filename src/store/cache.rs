@@ -12,7 +12,7 @@
 //! that the second holds is a decode instead of a database read and a JSON parse. A compact
 //! entry holds only its entity's own data, so only writes of that entity make it stale: writes
 //! put their entities' new compact forms in (write-through), and a write whose entities are not
-//! known (a streamed import) empties the tier.
+//! all known (a streamed import, a replica's reset) empties the tier.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
