@@ -416,21 +416,7 @@ mod tests {
     #[test]
     fn every_value_kind_decodes_to_what_materialize_builds() {
         let symbols = Symbols::default();
-        let canonical = json!({
-            "uid": {"type": "Ns::Doc", "id": "caf\u{e9}\u{0}"},
-            "attrs": {
-                "s": "x", "l": -9223372036854775808i64, "max": 9223372036854775807i64,
-                "b": true, "f": false, "set": [1, 2, 3],
-                "rec": {"a": {"b": [{"__entity": {"type": "User", "id": ""}}]}},
-                "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.1/8"}},
-                "dec": {"__extn": {"fn": "decimal", "arg": "1.2300"}},
-                "dt": {"__extn": {"fn": "datetime", "arg": "2024-10-15T11:35:00.123Z"}},
-                "dur": {"__extn": {"fn": "duration", "arg": "1h30m"}},
-                "empty": [], "er": {},
-            },
-            "parents": [{"type": "Group", "id": "g"}, {"type": "Ns::Doc", "id": "other"}],
-            "tags": {"t": ["v"], "owner": {"__entity": {"type": "User", "id": "o"}}},
-        });
+        let canonical = super::super::materialize::every_value_kind();
         let canonical = cedar_policy::Entity::from_json_value(canonical, None)
             .unwrap()
             .to_json_value()

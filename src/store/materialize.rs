@@ -158,6 +158,26 @@ pub(super) fn conforming(
     Some(entity)
 }
 
+/// An entity holding every value kind of Cedar's entity JSON (for the decoders' tests).
+#[cfg(test)]
+pub(super) fn every_value_kind() -> Value {
+    serde_json::json!({
+        "uid": {"type": "Ns::Doc", "id": "caf\u{e9}\u{0}"},
+        "attrs": {
+            "s": "x", "l": -9223372036854775808i64, "max": 9223372036854775807i64,
+            "b": true, "f": false, "set": [1, 2, 3],
+            "rec": {"a": {"b": [{"__entity": {"type": "User", "id": ""}}]}},
+            "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.1/8"}},
+            "dec": {"__extn": {"fn": "decimal", "arg": "1.2300"}},
+            "dt": {"__extn": {"fn": "datetime", "arg": "2024-10-15T11:35:00.123Z"}},
+            "dur": {"__extn": {"fn": "duration", "arg": "1h30m"}},
+            "empty": [], "er": {},
+        },
+        "parents": [{"type": "Group", "id": "g"}, {"type": "Ns::Doc", "id": "other"}],
+        "tags": {"t": ["v"], "owner": {"__entity": {"type": "User", "id": "o"}}},
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,26 +185,17 @@ mod tests {
 
     #[test]
     fn matches_cedar_parser_on_every_value_kind() {
-        let canonical = json!({
-            "uid": {"type": "Ns::Doc", "id": "caf\u{e9}\u{0}"},
-            "attrs": {
-                "s": "x", "l": -9223372036854775808i64, "b": true, "set": [1, 2, 3],
-                "rec": {"a": {"b": [{"__entity": {"type": "User", "id": ""}}]}},
-                "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.1/8"}},
-                "dec": {"__extn": {"fn": "decimal", "arg": "1.2300"}},
-                "dt": {"__extn": {"fn": "datetime", "arg": "2024-10-15T11:35:00.123Z"}},
-                "dur": {"__extn": {"fn": "duration", "arg": "1h30m"}},
-                "empty": [], "er": {},
-            },
-            "parents": [{"type": "Group", "id": "g"}],
-            "tags": {"t": ["v"]},
-        });
+        let canonical = every_value_kind();
         let cedar = cedar_policy::Entity::from_json_value(canonical.clone(), None).unwrap();
         let canonical = cedar.to_json_value().unwrap();
         let (ours, refs) = materialize(&canonical).unwrap();
         let theirs: &ast::Entity = cedar.as_ref();
         assert!(ours.deep_eq(theirs), "{ours}\n{cedar}");
-        assert_eq!(refs, vec!["User::\"\"".parse::<EntityUid>().unwrap()]);
+        let expected: Vec<EntityUid> = ["User::\"\"", "User::\"o\""]
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert_eq!(refs, expected);
     }
 
     #[test]
