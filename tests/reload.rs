@@ -215,11 +215,12 @@ async fn a_syntax_error_is_refused_and_visible() {
     let dir = policies_copy();
     let d = daemon_on(dir.path(), true).await;
     let (_, before) = d.call("GET", "/v1/policies", None).await;
-    std::fs::write(
-        dir.path().join("public.cedar"),
-        "permit(principal, action, resource)\nwhen { 1 + };",
-    )
-    .unwrap();
+    // Saved as editors save (written aside, renamed over): a reload that runs meanwhile (the
+    // one the watcher asks for when it is armed) reads the old file or the new, never an empty
+    // one, which is valid Cedar and would change the revision.
+    let aside = dir.path().join("public.cedar.saving");
+    std::fs::write(&aside, "permit(principal, action, resource)\nwhen { 1 + };").unwrap();
+    std::fs::rename(&aside, dir.path().join("public.cedar")).unwrap();
     let status = until_reload(&d, |r| r["ok"] == false).await;
     let reload = &status["last_reload"];
     assert_eq!(reload["ok"], false, "{status}");
