@@ -20,7 +20,8 @@
 //! server (A) with the daemon (B) that way; `--versus-entities N` gives B a store of N
 //! entities (uniform access over it) against A's `--entities`; `--baseline-bin` compares two
 //! builds: A runs that executable (say a copy of the last commit's `target/release/policyd`),
-//! B this build's.
+//! B this build's. An interleaved run also prints each daemon's CPU per request while driven
+//! and the activity writer's share of it (thread CPU from `/proc`).
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
 //! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
 //! included) and CPU, and the activity log's bytes per record: over the whole log, and over the
@@ -192,16 +193,26 @@ fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
     let slices = args.slices.unwrap_or(10);
     let (mut sum_a, mut sum_b) = (0.0, 0.0);
     let (mut p99_a, mut p99_b) = (Vec::new(), Vec::new());
+    // Per server (A, B): CPU seconds of the threads while driven, and requests answered.
+    let mut cpu = [server::ThreadCpu::default(); 2];
+    let mut answered = [0.0; 2];
     for turn in 0..slices {
         let order = if turn % 2 == 0 {
-            [(&a, shape), (&b, shape_b)]
+            [(0, &a, shape), (1, &b, shape_b)]
         } else {
-            [(&b, shape_b), (&a, shape)]
+            [(1, &b, shape_b), (0, &a, shape)]
         };
         let mut runs = Vec::with_capacity(2);
-        for (server, shape) in order {
+        for (i, server, shape) in order {
             std::thread::sleep(PAUSE);
-            runs.push(drive::measure(args, shape, server.addr)?);
+            let before = server.thread_cpu();
+            let run = drive::measure(args, shape, server.addr)?;
+            if let (Some(before), Some(after)) = (before, server.thread_cpu()) {
+                cpu[i] = cpu[i].plus(after.minus(before));
+                // The warm-up's requests are driven (and cost CPU) too.
+                answered[i] += run.requests_per_sec * (args.warmup + args.duration) as f64;
+            }
+            runs.push(run);
         }
         if turn % 2 == 1 {
             runs.swap(0, 1);
@@ -228,6 +239,17 @@ fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
         median(&mut p99_a),
         median(&mut p99_b)
     );
+    for (name, i) in [("A", 0), ("B", 1)] {
+        if answered[i] > 0.0 {
+            let per = |secs: f64| secs * 1e6 / answered[i];
+            println!(
+                "{name} CPU per request while driven (about: warm-ups counted at the measured rate): \
+                 {:.1} µs, of which the activity writer {:.1} µs",
+                per(cpu[i].writer + cpu[i].rest),
+                per(cpu[i].writer)
+            );
+        }
+    }
     a.report("A");
     b.report("B");
     Ok(())

@@ -200,9 +200,53 @@ fn report_activity_size(path: &Path, mark: Option<(i64, u64)>) -> anyhow::Result
     Ok(())
 }
 
+/// CPU seconds of a process's threads: its activity writer's, and all the others'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadCpu {
+    pub writer: f64,
+    pub rest: f64,
+}
+
+impl ThreadCpu {
+    pub fn plus(self, o: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            writer: self.writer + o.writer,
+            rest: self.rest + o.rest,
+        }
+    }
+
+    pub fn minus(self, o: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            writer: self.writer - o.writer,
+            rest: self.rest - o.rest,
+        }
+    }
+}
+
+impl Server {
+    /// The CPU its threads have used so far (threads that ended are not counted).
+    pub fn thread_cpu(&self) -> Option<ThreadCpu> {
+        let mut out = ThreadCpu::default();
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()? {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            let secs = stat_cpu_secs(&stat)?;
+            // The writer thread is named `policyd-activity`, cut to 15 bytes by the kernel.
+            match stat.contains("(policyd-activit)") {
+                true => out.writer += secs,
+                false => out.rest += secs,
+            }
+        }
+        Some(out)
+    }
+}
+
 /// User plus system CPU seconds a process has used.
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User plus system CPU seconds in a `/proc/.../stat` line.
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
     // Fields after the command name, which is parenthesised and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
