@@ -381,7 +381,7 @@ impl Store {
                 .then(|| self.valve.enter())
                 .flatten()
                 .ok_or(NotNow::Later)?;
-            self.fetch(uid).map_err(NotNow::Failed)
+            self.read(uid).map_err(NotNow::Failed)
         });
         match sliced {
             Ok(slice) => Ok(Some(slice)),
@@ -398,9 +398,15 @@ impl Store {
     /// One resolved entity, from the cache (either tier) or else the backend. A miss also resolves (and
     /// caches) the ancestors its closure is built from.
     fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
-        if let Some(hit) = self.cache.get(uid) {
-            return Ok(hit);
+        match self.cache.get(uid) {
+            Some(hit) => Ok(hit),
+            None => self.read(uid),
         }
+    }
+
+    /// [`Store::fetch`] of an entity the first tier just missed: from the compact tier or the
+    /// backend, then cached.
+    fn read(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
         let epoch = self.cache.epoch();
         let mut loaded = Fill::default();
         let found = self.load(uid, &mut Vec::new(), &mut loaded)?;
