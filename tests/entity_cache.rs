@@ -17,6 +17,12 @@ fn uid(text: &str) -> EntityUid {
     text.parse().unwrap()
 }
 
+/// A store over the SQLite file at `path`, with a first tier of `cache` bytes and a compact
+/// tier of `compact` bytes (0: none).
+fn open(path: &std::path::Path, cache: u64, compact: u64) -> Store {
+    Store::new(Box::new(SqliteStore::open(path).unwrap()), cache, compact)
+}
+
 /// The `level` attribute of `uid` as the store slices it, or `None` when absent.
 fn level(store: &Store, text: &str) -> Option<i64> {
     let slice = store.slice(&[uid(text)], Some(1)).unwrap();
@@ -31,11 +37,7 @@ fn level(store: &Store, text: &str) -> Option<i64> {
 fn writes_fill_the_compact_tier_and_no_read_sees_a_stale_entity() {
     let dir = tempfile::tempdir().unwrap();
     // One resolved entity at a time: every slice past the first entity misses it.
-    let store = Store::new(
-        Box::new(SqliteStore::open(&dir.path().join("s.db")).unwrap()),
-        1,
-        1 << 20,
-    );
+    let store = open(&dir.path().join("s.db"), 1, 1 << 20);
     store
         .upsert(&records(json!([
             {"uid": {"type": "Org", "id": "o"}, "attrs": {"level": 1}, "parents": []},
@@ -68,11 +70,7 @@ fn writes_fill_the_compact_tier_and_no_read_sees_a_stale_entity() {
 #[test]
 fn with_the_compact_tier_off_every_miss_reads_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(
-        Box::new(SqliteStore::open(&dir.path().join("s.db")).unwrap()),
-        1,
-        0,
-    );
+    let store = open(&dir.path().join("s.db"), 1, 0);
     store
         .upsert(&records(json!([
             {"uid": {"type": "Doc", "id": "d"}, "attrs": {"level": 2}, "parents": []},
@@ -97,11 +95,11 @@ fn documents(n: usize) -> Vec<codec::Record> {
 fn a_restarted_store_warms_its_compact_tier_from_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let first = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 0);
+    let first = open(&path, 1, 0);
     first.upsert(&documents(3_000)).unwrap();
     drop(first);
 
-    let restarted = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 8 << 20);
+    let restarted = open(&path, 1, 8 << 20);
     assert_eq!(restarted.compact_stats(), (0, 0));
     assert_eq!(restarted.warm().unwrap(), 3_001);
     assert_eq!(restarted.compact_stats(), (0, 3_001));
@@ -111,14 +109,14 @@ fn a_restarted_store_warms_its_compact_tier_from_the_database() {
 
     // A small tier is warmed to about 7/8 of its bound, not cycled through (a shard that
     // fills before the others may drop a few of its first).
-    let small = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 32 << 10);
+    let small = open(&path, 1, 32 << 10);
     let kept = small.warm().unwrap();
     assert!((500..3_001).contains(&kept), "{kept}");
     let held = small.compact_stats().1;
     assert!(held <= kept && held * 10 >= kept * 9, "{held} of {kept}");
 
     // A stopped warm-up keeps nothing more.
-    let stopped = Store::new(Box::new(SqliteStore::open(&path).unwrap()), 1, 8 << 20);
+    let stopped = open(&path, 1, 8 << 20);
     stopped.stop_warming();
     assert_eq!(stopped.warm().unwrap(), 0);
 }
@@ -129,11 +127,7 @@ fn a_restarted_store_warms_its_compact_tier_from_the_database() {
 #[test]
 fn a_miss_looks_up_the_first_tier_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::new(
-        Box::new(SqliteStore::open(&dir.path().join("s.db")).unwrap()),
-        1 << 20,
-        1 << 20,
-    );
+    let store = open(&dir.path().join("s.db"), 1 << 20, 1 << 20);
     store
         .upsert(&records(json!([
             {"uid": {"type": "Org", "id": "o"}, "attrs": {}, "parents": []},
