@@ -337,8 +337,12 @@ impl Store {
         self.cache.compact_stats()
     }
 
-    /// The compact forms of `records`, for the cache's second tier.
+    /// The compact forms of `records`, for the cache's second tier (none when it is off,
+    /// without parsing them).
     fn forms(&self, records: &[Record]) -> Vec<cache::Form> {
+        if self.cache.compact_budget() == 0 {
+            return Vec::new();
+        }
         records
             .iter()
             .filter_map(|r| {
