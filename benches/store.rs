@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use cedar_policy::EntityUid;
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use policyd::authz::{self, Query};
 use policyd::engine;
 use policyd::policy::{PolicySnapshot, load_dir};
@@ -110,14 +111,7 @@ fn benches(c: &mut Criterion) {
             })
             .collect();
         let mut group = c.benchmark_group("decision");
-        let mut i = 0;
-        group.bench_function(BenchmarkId::new("single", size), |b| {
-            b.iter(|| {
-                i = (i + 1) % queries.len();
-                engine::decide_blocking(&store, &snapshot, std::slice::from_ref(&queries[i]))
-                    .unwrap()
-            })
-        });
+        each_decision(&mut group, "single", size, &store, &snapshot, &queries);
         let mut i = 0;
         group.bench_function(BenchmarkId::new("slice_only", size), |b| {
             b.iter(|| {
@@ -157,14 +151,7 @@ fn benches(c: &mut Criterion) {
             1,
             0,
         );
-        let mut i = 0;
-        group.bench_function(BenchmarkId::new("uncached", size), |b| {
-            b.iter(|| {
-                i = (i + 1) % queries.len();
-                engine::decide_blocking(&cold, &snapshot, std::slice::from_ref(&queries[i]))
-                    .unwrap()
-            })
-        });
+        each_decision(&mut group, "uncached", size, &cold, &snapshot, &queries);
         // The compact path: every entity of a decision decoded from the cache's second tier
         // (filled by a first pass), none kept resolved.
         let compact = Store::new(
@@ -175,20 +162,31 @@ fn benches(c: &mut Criterion) {
         for q in &queries {
             engine::decide_blocking(&compact, &snapshot, std::slice::from_ref(q)).unwrap();
         }
-        let mut i = 0;
-        group.bench_function(BenchmarkId::new("compact", size), |b| {
-            b.iter(|| {
-                i = (i + 1) % queries.len();
-                engine::decide_blocking(&compact, &snapshot, std::slice::from_ref(&queries[i]))
-                    .unwrap()
-            })
-        });
+        each_decision(&mut group, "compact", size, &compact, &snapshot, &queries);
         let batch: Vec<Query> = queries[..50].to_vec();
         group.bench_function(BenchmarkId::new("batch_of_50", size), |b| {
             b.iter(|| engine::decide_blocking(&store, &snapshot, &batch).unwrap())
         });
         group.finish();
     }
+}
+
+/// Benchmarks `name`: one decision per iteration over `store`, the queries in turn.
+fn each_decision(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    size: usize,
+    store: &Store,
+    snapshot: &PolicySnapshot,
+    queries: &[Query],
+) {
+    let mut i = 0;
+    group.bench_function(BenchmarkId::new(name, size), |b| {
+        b.iter(|| {
+            i = (i + 1) % queries.len();
+            engine::decide_blocking(store, snapshot, std::slice::from_ref(&queries[i])).unwrap()
+        })
+    });
 }
 
 criterion_group!(name = store; config = Criterion::default().sample_size(30); targets = benches);
