@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight requests.
     #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Threads serving connections, each with a runtime of its own (default: one per core;
+    /// 0 serves them on the shared runtime).
+    #[arg(long, env = "POLICYD_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// Memory for entities kept ready for decisions (resolved entities take about 1-5 KiB
     /// each), like 48MiB.
     #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "48MiB", value_parser = crate::config::parse_bytes)]
@@ -248,6 +252,9 @@ impl ServeArgs {
                 decision_deadline: self.decision_deadline,
                 max_connections: self.max_connections,
                 shutdown_grace: self.shutdown_grace,
+                http_threads: self
+                    .http_threads
+                    .unwrap_or_else(crate::config::default_http_threads),
             },
             activity: ActivityConfig {
                 enabled: self.activity == "on",

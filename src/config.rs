@@ -26,6 +26,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long SIGTERM waits for in-flight requests before closing connections.
     pub shutdown_grace: Duration,
+    /// Threads serving connections, each with a single-threaded runtime (see
+    /// `server::lanes`); 0 serves them on the runtime that accepts them.
+    pub http_threads: usize,
 }
 
 impl Default for Limits {
@@ -40,8 +43,14 @@ impl Default for Limits {
             decision_deadline: Duration::from_secs(2),
             max_connections: 1024,
             shutdown_grace: Duration::from_secs(10),
+            http_threads: default_http_threads(),
         }
     }
+}
+
+/// One serving thread per core.
+pub fn default_http_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Where the daemon listens: a TCP address, or a Unix domain socket (`unix:/path`).

@@ -322,3 +322,57 @@ async fn counters_move_by_exactly_the_requests_made() {
     assert!(now.has("policyd_decision_duration_seconds_bucket"));
     d.stop().await;
 }
+
+/// Opens a keep-alive connection and completes one request on it.
+async fn held_connection(d: &Daemon) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: policyd\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    stream
+}
+
+/// Connections are dealt in turn to the serving threads (`--http-threads`), each running a
+/// runtime of its own; with 0 they are served on the shared runtime. Each count includes the
+/// scrape's own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_dealt_to_the_serving_threads() {
+    let open = "policyd_http_connections_open";
+    for threads in [2, 0] {
+        let d = Daemon::start(Setup {
+            watch: false,
+            auth: policyd::config::Auth {
+                token: Some(TOKEN.as_bytes().to_vec()),
+                open_decisions: false,
+            },
+            limits: policyd::config::Limits {
+                http_threads: threads,
+                ..Default::default()
+            },
+            ..Setup::default()
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(held_connection(&d).await);
+        }
+        let s = scrape(&d).await;
+        let counts: Vec<f64> = ["policyd-http-0", "policyd-http-1", "runtime"]
+            .iter()
+            .map(|t| s.get(open, &[("thread", t)]))
+            .collect();
+        let expected = if threads == 2 {
+            [2.0, 2.0, 0.0]
+        } else {
+            [0.0, 0.0, 4.0]
+        };
+        assert_eq!(counts, expected, "--http-threads {threads}");
+        drop(held);
+        d.stop().await;
+    }
+}

@@ -127,6 +127,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     routes: Vec<RouteSeries>,
     reloads: IntCounterVec,
+    connections: IntGaugeVec,
     scraped: Scraped,
     /// One scrape at a time: scrapes bring the read-at-scrape counters up to date.
     scraping: Mutex<()>,
@@ -254,6 +255,16 @@ impl Metrics {
             }
         }
 
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "policyd_http_connections_open",
+                "Connections open, by the thread serving them (policyd-http-N, one of the \
+                 serving threads; runtime, the shared runtime).",
+            ),
+            &["thread"],
+        )?;
+        reg(Box::new(connections.clone()))?;
+
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -355,6 +366,7 @@ impl Metrics {
             http_requests,
             routes,
             reloads,
+            connections,
             scraped,
             scraping: Mutex::new(()),
         })
@@ -397,6 +409,11 @@ impl Metrics {
         self.reloads
             .with_label_values(&[trigger, outcome.as_str()])
             .inc();
+    }
+
+    /// The count of connections open on `thread`, for the server to move.
+    pub fn connections(&self, thread: &str) -> IntGauge {
+        self.connections.with_label_values(&[thread])
     }
 
     /// Brings the read-at-scrape values up to date and renders every metric.

@@ -1,5 +1,8 @@
 //! The accept loop: serves HTTP/1.1 connections on TCP or a Unix socket until shutdown, then
-//! drains in-flight requests within the grace period.
+//! drains in-flight requests within the grace period. Connections are served on the serving
+//! lanes (see [`lanes`]), or on the accepting runtime when there are none.
+
+mod lanes;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 #[cfg(unix)]
@@ -18,6 +21,7 @@ use tokio::sync::Semaphore;
 use crate::api;
 use crate::config::ListenAddr;
 use crate::state::AppState;
+use lanes::{Lanes, Socket};
 
 /// A bound listening socket.
 pub enum Listener {
@@ -88,6 +92,17 @@ pub async fn run(
     let listener = listener.into();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
+    let on_runtime = state.metrics.connections("runtime");
+    let mut lanes = match state.limits.http_threads {
+        0 => None,
+        n => match Lanes::start(n, &state) {
+            Ok(lanes) => Some(lanes),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the serving threads; serving on the runtime");
+                None
+            }
+        },
+    };
     tokio::pin!(shutdown);
     loop {
         // At the connection limit, stop accepting: clients wait in the listen backlog.
@@ -103,12 +118,19 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         match accepted {
-            Ok(Conn::Tcp(stream)) => {
-                let _ = stream.set_nodelay(true);
-                serve(stream, &state, &graceful, permit);
+            Ok(conn) => {
+                let watcher = graceful.watcher();
+                let handed = match &mut lanes {
+                    Some(lanes) => conn.detach().map(|s| lanes.serve(s, watcher, permit)),
+                    None => {
+                        conn.serve(&state, watcher, permit, on_runtime.clone());
+                        Ok(())
+                    }
+                };
+                if let Err(e) = handed {
+                    tracing::warn!(error = %e, "cannot hand an accepted connection to a serving thread");
+                }
             }
-            #[cfg(unix)]
-            Ok(Conn::Unix(stream)) => serve(stream, &state, &graceful, permit),
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning on the error.
                 tracing::warn!(error = %e, "accept failed");
@@ -126,6 +148,9 @@ pub async fn run(
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
     }
+    if let Some(lanes) = lanes {
+        lanes.stop().await;
+    }
 }
 
 enum Conn {
@@ -134,20 +159,52 @@ enum Conn {
     Unix(tokio::net::UnixStream),
 }
 
+impl Conn {
+    /// Serves the connection on the current runtime.
+    fn serve(
+        self,
+        state: &Arc<AppState>,
+        watcher: Watcher,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        open: prometheus::IntGauge,
+    ) {
+        match self {
+            Conn::Tcp(s) => serve(s, state, watcher, permit, open),
+            #[cfg(unix)]
+            Conn::Unix(s) => serve(s, state, watcher, permit, open),
+        }
+    }
+
+    /// The socket, detached from this runtime, for a serving thread.
+    fn detach(self) -> std::io::Result<Socket> {
+        Ok(match self {
+            Conn::Tcp(s) => Socket::Tcp(s.into_std()?),
+            #[cfg(unix)]
+            Conn::Unix(s) => Socket::Unix(s.into_std()?),
+        })
+    }
+}
+
 async fn accept(listener: &Listener) -> std::io::Result<Conn> {
     match listener {
-        Listener::Tcp(l) => Ok(Conn::Tcp(l.accept().await?.0)),
+        Listener::Tcp(l) => {
+            let stream = l.accept().await?.0;
+            let _ = stream.set_nodelay(true);
+            Ok(Conn::Tcp(stream))
+        }
         #[cfg(unix)]
         Listener::Unix(l, _) => Ok(Conn::Unix(l.accept().await?.0)),
     }
 }
 
-/// Serves one connection on its own task, holding its connection slot until it closes.
+/// Serves one connection on its own task of the current runtime, holding its connection slot
+/// and counting itself in `open` until it closes.
 fn serve<I>(
     io: I,
     state: &Arc<AppState>,
-    graceful: &GracefulShutdown,
+    watcher: Watcher,
     permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -162,11 +219,13 @@ fn serve<I>(
         .header_read_timeout(state.limits.header_timeout)
         .max_buf_size(state.limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(io), service);
-    let conn = graceful.watch(conn);
+    let conn = watcher.watch(conn);
+    open.inc();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
+        open.dec();
         drop(permit);
     });
 }
