@@ -224,19 +224,26 @@ impl ThreadCpu {
 }
 
 impl Server {
-    /// The CPU its threads have used so far (threads that ended are not counted).
+    /// The CPU it has used so far: its activity writer thread's, and the rest of the process
+    /// (threads that ended included: a blocking thread that ends during a turn must not take
+    /// its earlier CPU out of the turn's).
     pub fn thread_cpu(&self) -> Option<ThreadCpu> {
-        let mut out = ThreadCpu::default();
-        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()? {
-            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-            let secs = stat_cpu_secs(&stat)?;
+        let pid = self.child.id();
+        let mut writer = 0.0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            // A thread may end between the listing and the read: it is not the writer.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
             // The writer thread is named `policyd-activity`, cut to 15 bytes by the kernel.
-            match stat.contains("(policyd-activit)") {
-                true => out.writer += secs,
-                false => out.rest += secs,
+            if stat.contains("(policyd-activit)") {
+                writer += stat_cpu_secs(&stat)?;
             }
         }
-        Some(out)
+        Some(ThreadCpu {
+            writer,
+            rest: cpu_secs(pid)? - writer,
+        })
     }
 }
 
