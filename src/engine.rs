@@ -44,9 +44,8 @@ pub struct Outcome {
 /// Decides every query on `snapshot`, sharing one entity slice between them, within
 /// `deadline`; outcomes in the order of `queries`.
 ///
-/// Entities come from the cache, or, for misses, from a fast local read on this thread while
-/// the store's stall valve is open (see [`crate::store::valve`]); otherwise the store is read
-/// on a blocking thread, and the deadline cuts the wait short. Evaluation is pure CPU and runs
+/// Entities come from memory (both tiers of the entity cache) on this thread; what only the
+/// backend holds is read on a blocking thread, and the deadline cuts the wait short. Evaluation is pure CPU and runs
 /// here. Past the deadline the answer is [`EngineError::Deadline`], never a decision.
 pub async fn decide(
     store: &Arc<Store>,

@@ -143,3 +143,28 @@ fn a_miss_looks_up_the_first_tier_once() {
     store.slice_now(&roots, Some(1)).unwrap().unwrap();
     assert_eq!(store.cache_stats(), (1, 2, 2));
 }
+
+/// What only the store holds is never read on the caller's thread (a serving thread, which a
+/// stalling disk must not hold): `slice_now` answers `None` and counts nothing, and the slice
+/// the engine then takes on a blocking thread reads it, counting its lookups once.
+#[test]
+fn slice_now_reads_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // No compact tier: a first-tier miss can only be read from the store.
+    let store = open(&dir.path().join("s.db"), 1 << 20, 0);
+    store
+        .upsert(&records(json!([
+            {"uid": {"type": "Org", "id": "o"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Doc", "id": "d"}, "attrs": {},
+             "parents": [{"type": "Org", "id": "o"}]},
+        ])))
+        .unwrap();
+    let roots = [uid("Doc::\"d\"")];
+    assert!(store.slice_now(&roots, Some(1)).unwrap().is_none());
+    assert_eq!(store.cache_stats(), (0, 0, 0));
+    assert_eq!(store.slice(&roots, Some(1)).unwrap().len(), 1);
+    assert_eq!(store.cache_stats(), (0, 2, 2));
+    // Now in memory: answered on the caller's thread.
+    assert_eq!(store.slice_now(&roots, Some(1)).unwrap().unwrap().len(), 1);
+    assert_eq!(store.cache_stats(), (1, 2, 2));
+}

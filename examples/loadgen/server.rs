@@ -230,7 +230,10 @@ impl Server {
     pub fn thread_cpu(&self) -> Option<ThreadCpu> {
         let pid = self.child.id();
         let mut writer = 0.0;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
             // A thread may end between the listing and the read: it is not the writer.
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;

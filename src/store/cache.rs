@@ -101,14 +101,24 @@ impl EntityCache {
     }
 
     pub(super) fn get(&self, uid: &EntityUid) -> Option<Entry> {
-        let found = self.entries.get(uid);
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let found = self.peek(uid);
+        self.count(u64::from(found.is_some()), u64::from(found.is_none()));
         found
+    }
+
+    /// [`EntityCache::get`] without counting: the caller counts with [`EntityCache::count`].
+    pub(super) fn peek(&self, uid: &EntityUid) -> Option<Entry> {
+        self.entries.get(uid)
+    }
+
+    /// Counts first-tier hits and misses.
+    pub(super) fn count(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.misses.fetch_add(misses, Ordering::Relaxed);
+        }
     }
 
     /// `uid` decoded from the second tier, when it holds it.

@@ -16,7 +16,6 @@ pub mod replica;
 pub mod resolve;
 mod slice;
 pub mod sqlite;
-pub mod valve;
 mod warm;
 
 use std::sync::Arc;
@@ -100,12 +99,6 @@ pub trait EntityStore: Send + Sync {
     fn ping(&self) -> Result<(), StoreError>;
     /// Calls `visit` with every stored record until it returns `false`.
     fn scan(&self, visit: &mut dyn FnMut(Record) -> bool) -> Result<(), StoreError>;
-    /// Whether [`EntityStore::body`] reads local data (a file in the OS page cache), fast
-    /// enough to run on the request's thread behind the [`valve::StallValve`]. A backend that
-    /// may wait on anything else keeps the default: its reads go to blocking threads.
-    fn reads_inline(&self) -> bool {
-        false
-    }
     /// Up to `limit` ids of stored entities of type `ty` whose id sorts after `after`, in id
     /// order, holding every such entity in `filter` (more is allowed: a search decides each
     /// candidate). The default scans; a backend with indexes narrows by the filter.
@@ -203,17 +196,22 @@ impl<T: EntityStore + StorageLedger> Backend for T {
 pub struct Store {
     backend: Box<dyn Backend>,
     cache: EntityCache,
-    valve: valve::StallValve,
     /// Set to stop [`Store::warm`].
     stop_warming: std::sync::atomic::AtomicBool,
 }
 
 /// Why [`Store::slice_now`] gave up.
 enum NotNow {
-    /// An entity is neither cached nor readable inline now.
+    /// An entity is in neither tier of the cache: only the backend has it.
     Later,
-    /// Reading the store failed.
+    /// The compact tier held corrupt data.
     Failed(StoreError),
+}
+
+impl From<StoreError> for NotNow {
+    fn from(e: StoreError) -> Self {
+        NotNow::Failed(e)
+    }
 }
 
 impl Store {
@@ -228,7 +226,6 @@ impl Store {
         Store {
             backend,
             cache: EntityCache::new(cache_bytes, compact_bytes),
-            valve: valve::StallValve::default(),
             stop_warming: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -368,35 +365,36 @@ impl Store {
         slice::slice(roots, depth, |uid| self.fetch(uid))
     }
 
-    /// [`Store::slice`] without blocking on anything but a fast local read: from the cache,
-    /// and for misses from the backend on this thread when it reads inline and the stall valve
-    /// is open. `Ok(None)` when a miss must go to a blocking thread instead.
+    /// [`Store::slice`] from memory alone (both tiers of the cache), never blocking: `Ok(None)`
+    /// when an entity must be read from the backend, which the caller then does on a blocking
+    /// thread. A backend read may stall (a disk, a network); a serving thread must not, or
+    /// every connection it serves would stall with it (see `server::lanes`).
     pub fn slice_now(
         &self,
         roots: &[EntityUid],
         depth: Option<u32>,
     ) -> Result<Option<Vec<Arc<ast::Entity>>>, StoreError> {
-        let inline = self.backend.reads_inline();
-        let sliced = slice::slice(roots, depth, |uid| {
-            if let Some(hit) = self.cache.get(uid) {
-                return Ok(hit);
+        // Counted only when this slice is the decision's: after `Later` the blocking read
+        // slices again, and counts.
+        let (mut hits, mut misses) = (0, 0);
+        let sliced = slice::slice(roots, depth, |uid| match self.cache.peek(uid) {
+            Some(hit) => {
+                hits += 1;
+                Ok(hit)
             }
-            let _reading = inline
-                .then(|| self.valve.enter())
-                .flatten()
-                .ok_or(NotNow::Later)?;
-            self.read(uid).map_err(NotNow::Failed)
+            None => {
+                misses += 1;
+                self.read(uid, &mut |_| Err(NotNow::Later))
+            }
         });
         match sliced {
-            Ok(slice) => Ok(Some(slice)),
+            Ok(slice) => {
+                self.cache.count(hits, misses);
+                Ok(Some(slice))
+            }
             Err(NotNow::Later) => Ok(None),
             Err(NotNow::Failed(e)) => Err(e),
         }
-    }
-
-    /// Cache misses that found the stall valve closed, since start (see [`valve`]).
-    pub fn valve_refusals(&self) -> u64 {
-        self.valve.refused()
     }
 
     /// One resolved entity, from the cache (either tier) or else the backend. A miss also resolves (and
@@ -404,30 +402,36 @@ impl Store {
     fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
         match self.cache.get(uid) {
             Some(hit) => Ok(hit),
-            None => self.read(uid),
+            None => self.read(uid, &mut |uid| self.backend.body(uid)),
         }
     }
 
-    /// [`Store::fetch`] of an entity the first tier just missed: from the compact tier or the
-    /// backend, then cached.
-    fn read(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
+    /// [`Store::fetch`] of an entity the first tier just missed: from the compact tier or, through
+    /// `body`, the backend; then cached.
+    fn read<E: From<StoreError>>(
+        &self,
+        uid: &EntityUid,
+        body: &mut dyn FnMut(&EntityUid) -> Result<Option<String>, E>,
+    ) -> Result<Option<Arc<Resolved>>, E> {
         let epoch = self.cache.epoch();
         let mut loaded = Fill::default();
-        let found = self.load(uid, &mut Vec::new(), &mut loaded)?;
+        let found = self.load(uid, &mut Vec::new(), &mut loaded, body)?;
         self.cache.fill(epoch, loaded);
         Ok(found)
     }
 
     /// Reads and resolves `uid` and, first, its parents (from the cache, or recursively from
-    /// its compact tier or the backend). `path` holds the entities being resolved below this
-    /// one, so a cycle in stored data (which writes refuse) is reported as corruption instead
-    /// of recursing forever. `loaded` collects what was read, for the cache.
-    fn load(
+    /// its compact tier or else `body`, the backend's stored JSON). `path` holds the entities
+    /// being resolved below this one, so a cycle in stored data (which writes refuse) is
+    /// reported as corruption instead of recursing forever. `loaded` collects what was read,
+    /// for the cache.
+    fn load<E: From<StoreError>>(
         &self,
         uid: &EntityUid,
         path: &mut Vec<EntityUid>,
         loaded: &mut Fill,
-    ) -> Result<Entry, StoreError> {
+        body: &mut dyn FnMut(&EntityUid) -> Result<Option<String>, E>,
+    ) -> Result<Entry, E> {
         if let Some((_, entry)) = loaded.entries.iter().find(|(u, _)| u == uid) {
             return Ok(entry.clone());
         }
@@ -440,16 +444,17 @@ impl Store {
             return Err(StoreError::Corrupt(codec::DecodeError {
                 uid: uid.to_string(),
                 message: "it is its own ancestor (a cycle in the stored hierarchy)".to_owned(),
-            }));
+            })
+            .into());
         }
         let decoded = match self.cache.decoded(uid) {
             Some(decoded) => Some(decoded),
-            None => match self.backend.body(uid)? {
+            None => match body(uid)? {
                 None => None,
                 Some(body) => {
-                    let json = codec::parse_body(uid, &body)?;
+                    let json = codec::parse_body(uid, &body).map_err(StoreError::from)?;
                     loaded.forms.extend(self.cache.form(&json));
-                    Some(codec::decode(uid, json)?)
+                    Some(codec::decode(uid, json).map_err(StoreError::from)?)
                 }
             },
         };
@@ -459,7 +464,7 @@ impl Store {
                 path.push(uid.clone());
                 let mut parents = Vec::with_capacity(decoded.parents.len());
                 for parent in &decoded.parents {
-                    parents.push(self.load(parent, path, loaded)?);
+                    parents.push(self.load(parent, path, loaded, body)?);
                 }
                 path.pop();
                 Some(Arc::new(resolve::resolve(decoded, &parents)))

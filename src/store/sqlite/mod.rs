@@ -341,11 +341,6 @@ impl EntityStore for SqliteStore {
         })
     }
 
-    /// Reads come from the database file, through the OS page cache.
-    fn reads_inline(&self) -> bool {
-        true
-    }
-
     fn replicate(&self, batch: &Replicated) -> Result<WriteEffect, StoreError> {
         self.apply_replicated(batch)
     }
