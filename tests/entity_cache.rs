@@ -121,13 +121,8 @@ fn a_restarted_store_warms_its_compact_tier_from_the_database() {
     assert_eq!(stopped.warm().unwrap(), 0);
 }
 
-/// A miss is looked up once: the request's thread counts it, then reads it without asking
-/// the first tier again (each first-tier lookup of a million-entity store is a cache miss of
-/// the CPU's own).
-#[test]
-fn a_miss_looks_up_the_first_tier_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir.path().join("s.db"), 1 << 20, 1 << 20);
+/// Stores `Doc::"d"`, child of `Org::"o"`; the roots of a decision on the document.
+fn doc_in_org(store: &Store) -> [EntityUid; 1] {
     store
         .upsert(&records(json!([
             {"uid": {"type": "Org", "id": "o"}, "attrs": {}, "parents": []},
@@ -135,7 +130,17 @@ fn a_miss_looks_up_the_first_tier_once() {
              "parents": [{"type": "Org", "id": "o"}]},
         ])))
         .unwrap();
-    let roots = [uid("Doc::\"d\"")];
+    [uid("Doc::\"d\"")]
+}
+
+/// A miss is looked up once: the request's thread counts it, then reads it without asking
+/// the first tier again (each first-tier lookup of a million-entity store is a cache miss of
+/// the CPU's own).
+#[test]
+fn a_miss_looks_up_the_first_tier_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.db"), 1 << 20, 1 << 20);
+    let roots = doc_in_org(&store);
     let slice = store.slice_now(&roots, Some(1)).unwrap().unwrap();
     assert_eq!(slice.len(), 1);
     // The document, and its parent while resolving its ancestors: one miss each.
@@ -152,14 +157,7 @@ fn slice_now_reads_memory_only() {
     let dir = tempfile::tempdir().unwrap();
     // No compact tier: a first-tier miss can only be read from the store.
     let store = open(&dir.path().join("s.db"), 1 << 20, 0);
-    store
-        .upsert(&records(json!([
-            {"uid": {"type": "Org", "id": "o"}, "attrs": {}, "parents": []},
-            {"uid": {"type": "Doc", "id": "d"}, "attrs": {},
-             "parents": [{"type": "Org", "id": "o"}]},
-        ])))
-        .unwrap();
-    let roots = [uid("Doc::\"d\"")];
+    let roots = doc_in_org(&store);
     assert!(store.slice_now(&roots, Some(1)).unwrap().is_none());
     assert_eq!(store.cache_stats(), (0, 0, 0));
     assert_eq!(store.slice(&roots, Some(1)).unwrap().len(), 1);
