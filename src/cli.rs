@@ -95,9 +95,9 @@ pub struct ServeArgs {
     #[arg(long, env = "POLICYD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// Threads serving connections, each with a runtime of its own (default: one per core;
-    /// 0 serves them on the shared runtime).
-    #[arg(long, env = "POLICYD_HTTP_THREADS")]
-    pub http_threads: Option<usize>,
+    /// 0 serves them on the shared runtime; at most 256).
+    #[arg(long, env = "POLICYD_HTTP_THREADS", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub http_threads: Option<u16>,
     /// Memory for entities kept ready for decisions (resolved entities take about 1-5 KiB
     /// each), like 48MiB.
     #[arg(long, env = "POLICYD_ENTITY_CACHE", default_value = "48MiB", value_parser = crate::config::parse_bytes)]
@@ -254,7 +254,7 @@ impl ServeArgs {
                 shutdown_grace: self.shutdown_grace,
                 http_threads: self
                     .http_threads
-                    .unwrap_or_else(crate::config::default_http_threads),
+                    .map_or_else(crate::config::default_http_threads, usize::from),
             },
             activity: ActivityConfig {
                 enabled: self.activity == "on",
