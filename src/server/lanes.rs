@@ -6,10 +6,12 @@
 //! finds more than one ready task wakes a parked sibling to steal work; at moderate load
 //! (requests arriving one by one, workers parking between them) that wake-up, its context
 //! switch and the sibling's empty search cost about a fifth of a single check's CPU
-//! (BENCHMARKS.md, "The p99 at half load"). Connections are dealt to lanes in turn.
+//! (BENCHMARKS.md, "Serving threads"). Connections are dealt to lanes in turn.
 //!
-//! Everything else (reloads, the reservation sweep, fleet replication, blocking store reads
-//! handed off by a lane) runs where it did: the lanes only carry connections.
+//! The price: nothing steals a lane's work, so nothing on a lane may block. Decisions read
+//! entities from memory only (`Store::slice_now`); store reads and other blocking work go to
+//! the blocking pool, and everything else (reloads, the reservation sweep, fleet
+//! replication) runs on the shared runtime: the lanes only carry connections.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
