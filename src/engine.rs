@@ -45,8 +45,9 @@ pub struct Outcome {
 /// `deadline`; outcomes in the order of `queries`.
 ///
 /// Entities come from memory (both tiers of the entity cache) on this thread; what only the
-/// backend holds is read on a blocking thread, and the deadline cuts the wait short. Evaluation is pure CPU and runs
-/// here. Past the deadline the answer is [`EngineError::Deadline`], never a decision.
+/// backend holds is read on a blocking thread, and the deadline cuts the wait short.
+/// Evaluation is pure CPU and runs here. Past the deadline the answer is
+/// [`EngineError::Deadline`], never a decision.
 pub async fn decide(
     store: &Arc<Store>,
     snapshot: &PolicySnapshot,

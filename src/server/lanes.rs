@@ -105,20 +105,9 @@ async fn lane(
     open: prometheus::IntGauge,
 ) {
     while let Some(job) = jobs.recv().await {
-        let Job {
-            socket,
-            watcher,
-            permit,
-        } = job;
-        let served = match socket {
-            Socket::Tcp(s) => tokio::net::TcpStream::from_std(s)
-                .map(|s| super::serve(s, &state, watcher, permit, open.clone())),
-            #[cfg(unix)]
-            Socket::Unix(s) => tokio::net::UnixStream::from_std(s)
-                .map(|s| super::serve(s, &state, watcher, permit, open.clone())),
-        };
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "cannot serve an accepted connection");
+        match super::Conn::attach(job.socket) {
+            Ok(conn) => conn.serve(&state, job.watcher, job.permit, open.clone()),
+            Err(e) => tracing::warn!(error = %e, "cannot serve an accepted connection"),
         }
     }
 }

@@ -183,6 +183,15 @@ impl Conn {
             Conn::Unix(s) => Socket::Unix(s.into_std()?),
         })
     }
+
+    /// A detached socket, registered with the current runtime (a serving thread's).
+    fn attach(socket: Socket) -> std::io::Result<Conn> {
+        Ok(match socket {
+            Socket::Tcp(s) => Conn::Tcp(tokio::net::TcpStream::from_std(s)?),
+            #[cfg(unix)]
+            Socket::Unix(s) => Conn::Unix(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<Conn> {
