@@ -323,20 +323,6 @@ async fn counters_move_by_exactly_the_requests_made() {
     d.stop().await;
 }
 
-/// Opens a keep-alive connection and completes one request on it.
-async fn held_connection(d: &Daemon) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(d.addr).await.unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: policyd\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
-    stream
-}
-
 /// Connections are dealt in turn to the serving threads (`--http-threads`), each running a
 /// runtime of its own; with 0 they are served on the shared runtime. Each count includes the
 /// scrape's own connection.
@@ -359,7 +345,7 @@ async fn connections_are_dealt_to_the_serving_threads() {
         .await;
         let mut held = Vec::new();
         for _ in 0..3 {
-            held.push(held_connection(&d).await);
+            held.push(common::held_connection(d.addr).await);
         }
         let s = scrape(&d).await;
         let counts: Vec<f64> = ["policyd-http-0", "policyd-http-1", "runtime"]
