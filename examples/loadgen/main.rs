@@ -21,7 +21,8 @@
 //! entities (uniform access over it) against A's `--entities`; `--baseline-bin` compares two
 //! builds: A runs that executable (say a copy of the last commit's `target/release/policyd`),
 //! B this build's. An interleaved run also prints each daemon's CPU per request while driven
-//! and the activity writer's share of it (thread CPU from `/proc`).
+//! and the activity writer's share of it (the process's CPU from `/proc`, the writer thread's
+//! from its task).
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
 //! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
 //! included) and CPU, and the activity log's bytes per record: over the whole log, and over the
