@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Bounds on what clients may ask of the daemon.
+/// How the daemon serves its clients: bounds on what they may ask (bodies, batches, heads,
+/// timeouts, the decision deadline, connections) and how it serves them (its serving
+/// threads, the grace it gives in-flight requests at shutdown).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest accepted request body, in bytes.

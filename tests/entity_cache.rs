@@ -152,6 +152,32 @@ fn a_miss_looks_up_the_first_tier_once() {
 /// What only the store holds is never read on the caller's thread (a serving thread, which a
 /// stalling disk must not hold): `slice_now` answers `None` and counts nothing, and the slice
 /// the engine then takes on a blocking thread reads it, counting its lookups once.
+/// A read from memory that gives up (an ancestor only the backend holds) counts nothing: the
+/// blocking read made instead counts each lookup of either tier once.
+#[test]
+fn a_read_that_gives_up_counts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Compact segments of 128 bytes: the document fits, its organization (a long name) does not.
+    let store = open(&dir.path().join("s.db"), 1 << 20, 16 * 8 * 128);
+    store
+        .upsert(&records(json!([
+            {"uid": {"type": "Org", "id": "o"}, "attrs": {"name": "o".repeat(300)}, "parents": []},
+            {"uid": {"type": "Doc", "id": "d"}, "attrs": {},
+             "parents": [{"type": "Org", "id": "o"}]},
+        ])))
+        .unwrap();
+    assert_eq!(store.compact_stats(), (0, 1));
+    let roots = [uid("Doc::\"d\"")];
+    assert!(store.slice_now(&roots, Some(1)).unwrap().is_none());
+    assert_eq!(store.cache_stats(), (0, 0, 0));
+    assert_eq!(store.compact_stats(), (0, 1));
+    assert_eq!(store.slice(&roots, Some(1)).unwrap().len(), 1);
+    // The document and its organization missed the first tier once each; the document came
+    // from the compact tier once.
+    assert_eq!(store.cache_stats(), (0, 2, 2));
+    assert_eq!(store.compact_stats(), (1, 1));
+}
+
 #[test]
 fn slice_now_reads_memory_only() {
     let dir = tempfile::tempdir().unwrap();

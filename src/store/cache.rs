@@ -38,6 +38,16 @@ pub(super) struct Fill {
     pub(super) forms: Vec<Form>,
 }
 
+/// What one read asked of the tiers: first-tier hits and misses, second-tier hits. Counted
+/// (see [`EntityCache::count`]) only once the read is used: a read from memory that gives up
+/// is made again on a blocking thread, and counts then.
+#[derive(Default)]
+pub(super) struct Lookups {
+    pub(super) hits: u64,
+    pub(super) misses: u64,
+    pub(super) compact_hits: u64,
+}
+
 /// `None` entries remember that an entity is absent.
 pub(super) type Entry = Option<Arc<Resolved>>;
 
@@ -102,7 +112,11 @@ impl EntityCache {
 
     pub(super) fn get(&self, uid: &EntityUid) -> Option<Entry> {
         let found = self.peek(uid);
-        self.count(u64::from(found.is_some()), u64::from(found.is_none()));
+        self.count(&Lookups {
+            hits: u64::from(found.is_some()),
+            misses: u64::from(found.is_none()),
+            compact_hits: 0,
+        });
         found
     }
 
@@ -111,23 +125,24 @@ impl EntityCache {
         self.entries.get(uid)
     }
 
-    /// Counts first-tier hits and misses.
-    pub(super) fn count(&self, hits: u64, misses: u64) {
-        if hits > 0 {
-            self.hits.fetch_add(hits, Ordering::Relaxed);
-        }
-        if misses > 0 {
-            self.misses.fetch_add(misses, Ordering::Relaxed);
+    /// Counts what a read asked of the tiers.
+    pub(super) fn count(&self, lookups: &Lookups) {
+        for (counter, n) in [
+            (&self.hits, lookups.hits),
+            (&self.misses, lookups.misses),
+            (&self.compact_hits, lookups.compact_hits),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
-    /// `uid` decoded from the second tier, when it holds it.
+    /// `uid` decoded from the second tier, when it holds it; the caller counts the hit.
     pub(super) fn decoded(&self, uid: &EntityUid) -> Option<Decoded> {
         let arena = self.compact.as_ref()?;
         let key = self.symbols.key(uid)?;
-        let decoded = arena.with(&key, |bytes| self.symbols.decode(bytes))??;
-        self.compact_hits.fetch_add(1, Ordering::Relaxed);
-        Some(decoded)
+        arena.with(&key, |bytes| self.symbols.decode(bytes))?
     }
 
     /// The compact form of a canonical entity JSON, when the second tier is on and can hold it.

@@ -25,7 +25,7 @@ use cedar_policy_core::ast;
 
 use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
-use cache::{EntityCache, Entry, Fill, Invalidate, Written};
+use cache::{EntityCache, Entry, Fill, Invalidate, Lookups, Written};
 pub use codec::Record;
 pub use resolve::Resolved;
 
@@ -376,20 +376,20 @@ impl Store {
     ) -> Result<Option<Vec<Arc<ast::Entity>>>, StoreError> {
         // Counted only when this slice is the decision's: after `Later` the blocking read
         // slices again, and counts.
-        let (mut hits, mut misses) = (0, 0);
+        let mut lookups = Lookups::default();
         let sliced = slice::slice(roots, depth, |uid| match self.cache.peek(uid) {
             Some(hit) => {
-                hits += 1;
+                lookups.hits += 1;
                 Ok(hit)
             }
             None => {
-                misses += 1;
-                self.read(uid, &mut |_| Err(NotNow::Later))
+                lookups.misses += 1;
+                self.read(uid, &mut lookups, &mut |_| Err(NotNow::Later))
             }
         });
         match sliced {
             Ok(slice) => {
-                self.cache.count(hits, misses);
+                self.cache.count(&lookups);
                 Ok(Some(slice))
             }
             Err(NotNow::Later) => Ok(None),
@@ -400,22 +400,27 @@ impl Store {
     /// One resolved entity, from the cache (either tier) or else the backend. A miss also resolves (and
     /// caches) the ancestors its closure is built from.
     fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
-        match self.cache.get(uid) {
-            Some(hit) => Ok(hit),
-            None => self.read(uid, &mut |uid| self.backend.body(uid)),
+        if let Some(hit) = self.cache.get(uid) {
+            return Ok(hit);
         }
+        let mut lookups = Lookups::default();
+        let found = self.read(uid, &mut lookups, &mut |uid| self.backend.body(uid));
+        self.cache.count(&lookups);
+        found
     }
 
     /// [`Store::fetch`] of an entity the first tier just missed: from the compact tier or, through
-    /// `body`, the backend; then cached.
+    /// `body`, the backend; then cached. The first-tier lookups of its ancestors are added to
+    /// `lookups`, for the caller to count once its read is used.
     fn read<E: From<StoreError>>(
         &self,
         uid: &EntityUid,
+        lookups: &mut Lookups,
         body: &mut dyn FnMut(&EntityUid) -> Result<Option<String>, E>,
     ) -> Result<Option<Arc<Resolved>>, E> {
         let epoch = self.cache.epoch();
         let mut loaded = Fill::default();
-        let found = self.load(uid, &mut Vec::new(), &mut loaded, body)?;
+        let found = self.load(uid, &mut Vec::new(), &mut loaded, lookups, body)?;
         self.cache.fill(epoch, loaded);
         Ok(found)
     }
@@ -424,21 +429,26 @@ impl Store {
     /// its compact tier or else `body`, the backend's stored JSON). `path` holds the entities
     /// being resolved below this one, so a cycle in stored data (which writes refuse) is
     /// reported as corruption instead of recursing forever. `loaded` collects what was read,
-    /// for the cache.
+    /// for the cache; `lookups` tallies what the tiers answered (the first tier for the parents).
     fn load<E: From<StoreError>>(
         &self,
         uid: &EntityUid,
         path: &mut Vec<EntityUid>,
         loaded: &mut Fill,
+        lookups: &mut Lookups,
         body: &mut dyn FnMut(&EntityUid) -> Result<Option<String>, E>,
     ) -> Result<Entry, E> {
         if let Some((_, entry)) = loaded.entries.iter().find(|(u, _)| u == uid) {
             return Ok(entry.clone());
         }
-        if !path.is_empty()
-            && let Some(hit) = self.cache.get(uid)
-        {
-            return Ok(hit);
+        if !path.is_empty() {
+            match self.cache.peek(uid) {
+                Some(hit) => {
+                    lookups.hits += 1;
+                    return Ok(hit);
+                }
+                None => lookups.misses += 1,
+            }
         }
         if path.contains(uid) {
             return Err(StoreError::Corrupt(codec::DecodeError {
@@ -448,7 +458,10 @@ impl Store {
             .into());
         }
         let decoded = match self.cache.decoded(uid) {
-            Some(decoded) => Some(decoded),
+            Some(decoded) => {
+                lookups.compact_hits += 1;
+                Some(decoded)
+            }
             None => match body(uid)? {
                 None => None,
                 Some(body) => {
@@ -464,7 +477,7 @@ impl Store {
                 path.push(uid.clone());
                 let mut parents = Vec::with_capacity(decoded.parents.len());
                 for parent in &decoded.parents {
-                    parents.push(self.load(parent, path, loaded, body)?);
+                    parents.push(self.load(parent, path, loaded, lookups, body)?);
                 }
                 path.pop();
                 Some(Arc::new(resolve::resolve(decoded, &parents)))
