@@ -120,6 +120,22 @@ pub struct Reservation {
     pub idempotency_key: Option<String>,
 }
 
+impl Reservation {
+    /// The answer when a reservation of `bytes` on `project` is asked again at `now` under this
+    /// one's idempotency key: this one again when it was asked the same, a key conflict when
+    /// not; `None` once it has expired, when its key no longer holds it.
+    pub fn asked_again(&self, project: &EntityUid, bytes: i64, now: i64) -> Option<ReserveOutcome> {
+        if self.expires_at <= now {
+            return None;
+        }
+        Some(if self.project == *project && self.bytes == bytes {
+            ReserveOutcome::Existing(self.clone())
+        } else {
+            ReserveOutcome::KeyConflict(self.clone())
+        })
+    }
+}
+
 /// The outcome of a reservation request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
@@ -195,5 +211,31 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn a_reservation_asked_again_is_itself_a_conflict_or_expired() {
+        let project: EntityUid = "Project::\"p\"".parse().unwrap();
+        let other: EntityUid = "Project::\"q\"".parse().unwrap();
+        let held = Reservation {
+            id: "r".to_owned(),
+            project: project.clone(),
+            bytes: 10,
+            expires_at: 100,
+            idempotency_key: Some("k".to_owned()),
+        };
+        assert_eq!(
+            held.asked_again(&project, 10, 99),
+            Some(ReserveOutcome::Existing(held.clone()))
+        );
+        assert_eq!(
+            held.asked_again(&project, 11, 99),
+            Some(ReserveOutcome::KeyConflict(held.clone()))
+        );
+        assert_eq!(
+            held.asked_again(&other, 10, 99),
+            Some(ReserveOutcome::KeyConflict(held.clone()))
+        );
+        assert_eq!(held.asked_again(&project, 10, 100), None);
     }
 }

@@ -190,25 +190,23 @@ async fn reserve_in(
             )
             .await?;
         if let Some(row) = existing {
-            let (id, p, b, expires_at): (String, Key, i64, i64) =
-                (row.get(0), (row.get(1), row.get(2)), row.get(3), row.get(4));
-            if expires_at > now {
-                let found = Reservation {
-                    id,
-                    project: uid(&p)?,
-                    bytes: b,
-                    expires_at,
-                    idempotency_key: Some(k.to_owned()),
-                };
-                return Ok(if p == *project && b == bytes {
-                    ReserveOutcome::Existing(found)
-                } else {
-                    ReserveOutcome::KeyConflict(found)
-                });
+            let p: Key = (row.get(1), row.get(2));
+            let found = Reservation {
+                id: row.get(0),
+                project: uid(&p)?,
+                bytes: row.get(3),
+                expires_at: row.get(4),
+                idempotency_key: Some(k.to_owned()),
+            };
+            if let Some(answer) = found.asked_again(&uid(project)?, bytes, now) {
+                return Ok(answer);
             }
             // An expired reservation no longer holds its key.
-            c.execute("DELETE FROM policyd_reservations WHERE id = $1", &[&id])
-                .await?;
+            c.execute(
+                "DELETE FROM policyd_reservations WHERE id = $1",
+                &[&found.id],
+            )
+            .await?;
         }
     }
     let Some(checked) = check(c, project, bytes, now).await? else {

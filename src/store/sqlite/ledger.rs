@@ -142,23 +142,19 @@ pub(super) fn reserve(
             })
             .optional()?;
         if let Some((id, p, b, expires_at)) = existing {
-            if expires_at > now {
-                let found = Reservation {
-                    id,
-                    project: uid(&p)?,
-                    bytes: b,
-                    expires_at,
-                    idempotency_key: Some(k.to_owned()),
-                };
-                return Ok(if p == *project && b == bytes {
-                    ReserveOutcome::Existing(found)
-                } else {
-                    ReserveOutcome::KeyConflict(found)
-                });
+            let found = Reservation {
+                id,
+                project: uid(&p)?,
+                bytes: b,
+                expires_at,
+                idempotency_key: Some(k.to_owned()),
+            };
+            if let Some(answer) = found.asked_again(&uid(project)?, bytes, now) {
+                return Ok(answer);
             }
             // An expired reservation no longer holds its key.
             conn.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
-                .execute(params![id])?;
+                .execute(params![found.id])?;
         }
     }
     let Some(checked) = check(conn, project, bytes, now)? else {
