@@ -21,8 +21,6 @@ pub const LINE_WIDTH: usize = 80;
 /// Spaces per indentation level.
 pub const INDENT: isize = 2;
 
-const POLICY_EXT: &str = "cedar";
-
 /// Why a file could not be formatted.
 #[derive(Debug, thiserror::Error)]
 pub enum FmtError {
@@ -83,25 +81,18 @@ pub fn files(paths: &[PathBuf], default_dir: &Path) -> Result<Vec<PathBuf>, FmtE
             out.push(path.clone());
             continue;
         }
-        let read_dir_err = |source| FmtError::ReadDir {
-            path: path.clone(),
-            source,
-        };
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(read_dir_err)? {
-            let entry = entry.map_err(read_dir_err)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_policy = Path::new(&name)
-                .extension()
-                .is_some_and(|e| e == POLICY_EXT);
-            if is_policy && !name.starts_with('.') && entry.path().is_file() {
-                found.push(entry.path());
-            }
-        }
+        let found: Vec<PathBuf> =
+            crate::dir::files_with_extension(path, &[crate::policy::POLICY_EXT])
+                .map_err(|source| FmtError::ReadDir {
+                    path: path.clone(),
+                    source,
+                })?
+                .into_iter()
+                .filter(|p| p.is_file())
+                .collect();
         if found.is_empty() {
             return Err(FmtError::NoFiles { path: path.clone() });
         }
-        found.sort();
         out.extend(found);
     }
     Ok(out)

@@ -24,6 +24,7 @@
 //! - [`synth`]: a deterministic synthetic platform for benchmarks and the load generator.
 //! - [`policy_test`]: policy test files (`policyd test`), decided exactly as `serve` decides.
 //! - [`formatter`]: Cedar's formatting of policy files (`policyd fmt`).
+//! - [`dir`]: which files of a directory policyd reads (policies, `fmt` and `test` arguments).
 //! - [`logging`]: the log's format (`--log-format text|json`) and filter.
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`): names, labels, the registry.
 //! - [`cli`]: command-line arguments.
@@ -38,6 +39,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dir;
 pub mod engine;
 pub mod formatter;
 pub mod import;

@@ -26,7 +26,8 @@ use errors::file_error;
 pub use errors::{LoadError, SourceError};
 pub use slicing::{Proof, Slicing};
 
-const POLICY_EXT: &str = "cedar";
+/// The extension of policy files.
+pub(crate) const POLICY_EXT: &str = "cedar";
 const SCHEMA_EXT: &str = "cedarschema";
 
 /// One loaded policy as the API reports it.
@@ -244,30 +245,22 @@ fn load(dir: &Path, warnings: &mut Vec<SourceError>) -> Result<PolicySnapshot, L
 }
 
 fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
-    let read_dir_err = |source| LoadError::ReadDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read_dir_err)? {
-        let entry = entry.map_err(read_dir_err)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Hidden names include Kubernetes' `..data` bookkeeping links and editor swap files.
-        if name.starts_with('.') {
-            continue;
-        }
-        let ext = Path::new(&name).extension().and_then(|e| e.to_str());
-        if matches!(ext, Some(POLICY_EXT) | Some(SCHEMA_EXT)) {
-            names.push(name);
-        }
-    }
-    names.sort();
+    let paths =
+        crate::dir::files_with_extension(dir, &[POLICY_EXT, SCHEMA_EXT]).map_err(|source| {
+            LoadError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
 
     let mut errors = Vec::new();
     let mut policies = Vec::new();
     let mut schemas = Vec::new();
-    for name in names {
-        let path = dir.join(&name);
+    for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // `read_to_string` follows symlinks, which is what ConfigMap mounts need.
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,

@@ -229,22 +229,15 @@ pub fn discover(policies: &Path, paths: &[PathBuf]) -> Result<Vec<PathBuf>, Test
             out.push(path.clone());
             continue;
         }
-        let read_err = |source| TestFileError::Read {
-            path: path.clone(),
-            source,
-        };
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(read_err)? {
-            let entry = entry.map_err(read_err)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".json") && !name.starts_with('.') {
-                found.push(entry.path());
+        let found = crate::dir::files_with_extension(path, &["json"]).map_err(|source| {
+            TestFileError::Read {
+                path: path.clone(),
+                source,
             }
-        }
+        })?;
         if found.is_empty() {
             return Err(TestFileError::NoFiles { path: path.clone() });
         }
-        found.sort();
         out.extend(found);
     }
     Ok(out)
