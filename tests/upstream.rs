@@ -10,18 +10,17 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use policyd::upstream::token;
 use serde_json::json;
-use upstream_support::{Proxy, Sidecar, policies, revision_of, test_db, upstream_cli, user};
+use upstream_support::{Fleet, Proxy, Sidecar, policies, revision_of, test_db, upstream_cli, user};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_sidecar_is_decided_on_another_at_its_token() {
-    let Some(db) = test_db("tokens").await else {
+    let Some(fleet) = Fleet::migrated("tokens", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
+    let db = &fleet.db;
     let wait = ["--consistency-wait", "1s"];
-    let a = Sidecar::start(pol.path(), &dir.path().join("a/p.db"), &db.url, &wait);
-    let b = Sidecar::start(pol.path(), &dir.path().join("b/p.db"), &db.url, &wait);
+    let a = fleet.sidecar("a", &db.url, &wait);
+    let b = fleet.sidecar("b", &db.url, &wait);
     a.ready().await;
     b.ready().await;
 
@@ -170,18 +169,12 @@ async fn a_write_on_one_sidecar_is_decided_on_another_at_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_cut_off_its_upstream_turns_stale_then_recovers() {
-    let Some(db) = test_db("stale").await else {
+    let Some(fleet) = Fleet::migrated("stale", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
+    let db = &fleet.db;
     let proxy = Proxy::to(&db.url).await;
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
-    let s = Sidecar::start(
-        pol.path(),
-        &dir.path().join("s/p.db"),
-        &db.via(proxy.addr),
-        &["--max-staleness", "1s"],
-    );
+    let s = fleet.sidecar("s", &db.via(proxy.addr), &["--max-staleness", "1s"]);
     s.ready().await;
     s.put(user("alice", true)).await;
     assert_eq!(s.read("alice", None).await.1["decision"], "Allow");
@@ -272,14 +265,12 @@ async fn an_imported_store_is_served_by_the_fleet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_behind_the_pruned_log_copies_again() {
-    let Some(db) = test_db("prune").await else {
+    let Some(fleet) = Fleet::migrated("prune", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
-    let a = Sidecar::start(pol.path(), &dir.path().join("a/p.db"), &db.url, &[]);
-    let b_db = dir.path().join("b/p.db");
-    let mut b = Sidecar::start(pol.path(), &b_db, &db.url, &[]);
+    let db = &fleet.db;
+    let a = fleet.sidecar("a", &db.url, &[]);
+    let mut b = fleet.sidecar("b", &db.url, &[]);
     a.ready().await;
     b.ready().await;
     let written = a.put(user("u1", true)).await;
@@ -294,7 +285,7 @@ async fn a_killed_replica_behind_the_pruned_log_copies_again() {
     let said = upstream_cli(&db.url, &["prune", "--keep", "1"]);
     assert!(said.contains("starts at revision"), "{said}");
 
-    b = Sidecar::start(pol.path(), &b_db, &db.url, &[]);
+    b = fleet.sidecar("b", &db.url, &[]);
     b.ready().await;
     let (status, body) = b.read("u2", Some(&last)).await;
     assert_eq!(
@@ -313,21 +304,13 @@ async fn a_killed_replica_behind_the_pruned_log_copies_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_racing_for_one_quota_take_exactly_what_fits() {
-    let Some(db) = test_db("quota").await else {
+    let Some(fleet) = Fleet::migrated("quota", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
+    let db = &fleet.db;
     let sidecars: Vec<Sidecar> = ["a", "b", "c"]
         .iter()
-        .map(|n| {
-            Sidecar::start(
-                pol.path(),
-                &dir.path().join(format!("{n}/p.db")),
-                &db.url,
-                &[],
-            )
-        })
+        .map(|n| fleet.sidecar(n, &db.url, &[]))
         .collect();
     for s in &sidecars {
         s.ready().await;

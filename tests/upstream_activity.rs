@@ -12,7 +12,7 @@ use hyper::StatusCode;
 use policyd::activity::{Batch, Kind, Record, Row, Verdict};
 use policyd::upstream::Upstream;
 use serde_json::{Value, json};
-use upstream_support::{Proxy, Sidecar, test_db, upstream_cli};
+use upstream_support::{Fleet, Proxy, Sidecar, test_db, upstream_cli};
 
 /// Readers may read; the admin may view the activity of organization `o`, which holds `d`.
 fn policies() -> tempfile::TempDir {
@@ -83,13 +83,12 @@ async fn decide(s: &Sidecar, times: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sidecar_reads_the_merged_trail() {
-    let Some(db) = test_db("activity_merged").await else {
+    let Some(fleet) = Fleet::migrated("activity_merged", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
-    let a = Sidecar::start(pol.path(), &dir.path().join("a/p.db"), &db.url, &[]);
-    let b = Sidecar::start(pol.path(), &dir.path().join("b/p.db"), &db.url, &[]);
+    let db = &fleet.db;
+    let a = fleet.sidecar("a", &db.url, &[]);
+    let b = fleet.sidecar("b", &db.url, &[]);
     a.ready().await;
     b.ready().await;
     let token = a.put(world()).await;
@@ -305,16 +304,14 @@ async fn a_record_shipped_twice_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_made_while_the_upstream_was_away_survive_a_kill() {
-    let Some(db) = test_db("activity_kill").await else {
+    let Some(fleet) = Fleet::migrated("activity_kill", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
+    let db = &fleet.db;
     let proxy = Proxy::to(&db.url).await;
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
-    let file = dir.path().join("a/p.db");
     let serve_stale = ["--serve-stale"];
-    let mut a = Sidecar::start(pol.path(), &file, &db.via(proxy.addr), &serve_stale);
-    let b = Sidecar::start(pol.path(), &dir.path().join("b/p.db"), &db.url, &[]);
+    let mut a = fleet.sidecar("a", &db.via(proxy.addr), &serve_stale);
+    let b = fleet.sidecar("b", &db.url, &[]);
     a.ready().await;
     b.ready().await;
     a.put(world()).await;
@@ -347,7 +344,7 @@ async fn records_made_while_the_upstream_was_away_survive_a_kill() {
 
     // Restarted with the upstream back, it ships them: each once.
     proxy.restore();
-    a = Sidecar::start(pol.path(), &file, &db.via(proxy.addr), &serve_stale);
+    a = fleet.sidecar("a", &db.via(proxy.addr), &serve_stale);
     a.ready().await;
     let records = until_trail(&b, 5).await;
     let keys: BTreeSet<(String, i64)> = records

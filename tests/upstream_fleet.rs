@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use policyd::upstream::token;
 use serde_json::json;
-use upstream_support::{Sidecar, policies, revision_of, test_db, upstream_cli, user};
+use upstream_support::{Fleet, Sidecar, policies, revision_of, user};
 
 /// The `q`-quantile of sorted durations (nearest rank).
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -24,22 +24,14 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sidecars_see_each_write_within_100ms_and_at_once_with_its_token() {
-    let Some(db) = test_db("propagation").await else {
+    let Some(fleet) = Fleet::migrated("propagation", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
+    let db = &fleet.db;
     let wait = ["--consistency-wait", "1s"];
     let sidecars: Vec<Sidecar> = ["a", "b", "c"]
         .iter()
-        .map(|n| {
-            Sidecar::start(
-                pol.path(),
-                &dir.path().join(format!("{n}/p.db")),
-                &db.url,
-                &wait,
-            )
-        })
+        .map(|n| fleet.sidecar(n, &db.url, &wait))
         .collect();
     for s in &sidecars {
         s.ready().await;
@@ -100,19 +92,12 @@ async fn three_sidecars_see_each_write_within_100ms_and_at_once_with_its_token()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_killed_under_write_load_catches_up_and_loses_nothing() {
-    let Some(db) = test_db("kill9").await else {
+    let Some(fleet) = Fleet::migrated("kill9", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
-    let a = Arc::new(Sidecar::start(
-        pol.path(),
-        &dir.path().join("a/p.db"),
-        &db.url,
-        &[],
-    ));
-    let b_db = dir.path().join("b/p.db");
-    let mut b = Sidecar::start(pol.path(), &b_db, &db.url, &[]);
+    let db = &fleet.db;
+    let a = Arc::new(fleet.sidecar("a", &db.url, &[]));
+    let mut b = fleet.sidecar("b", &db.url, &[]);
     a.ready().await;
     b.ready().await;
 
@@ -157,7 +142,7 @@ async fn a_sidecar_killed_under_write_load_catches_up_and_loses_nothing() {
     let at_kill = acked.load(Ordering::SeqCst);
     until_acked(at_kill + 100).await;
 
-    b = Sidecar::start(pol.path(), &b_db, &db.url, &[]);
+    b = fleet.sidecar("b", &db.url, &[]);
     b.ready().await;
     let at_restart = acked.load(Ordering::SeqCst);
     until_acked(at_restart + 100).await;
@@ -204,17 +189,11 @@ async fn a_sidecar_killed_under_write_load_catches_up_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_queued_behind_a_commit_share_the_next_one_and_fail_alone() {
-    let Some(db) = test_db("group").await else {
+    let Some(fleet) = Fleet::migrated("group", policies()).await else {
         return;
     };
-    upstream_cli(&db.url, &["migrate"]);
-    let (dir, pol) = (tempfile::tempdir().unwrap(), policies());
-    let s = Arc::new(Sidecar::start(
-        pol.path(),
-        &dir.path().join("s/p.db"),
-        &db.url,
-        &["--consistency-wait", "2s"],
-    ));
+    let db = &fleet.db;
+    let s = Arc::new(fleet.sidecar("s", &db.url, &["--consistency-wait", "2s"]));
     s.ready().await;
     let first = token::decode(&s.put(user("before", true)).await).unwrap();
 

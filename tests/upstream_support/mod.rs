@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -148,6 +148,38 @@ pub fn upstream_cli(url: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What most fleet tests start from: a migrated test database (see [`test_db`]), the policies
+/// its sidecars load, and a directory for their replicas.
+pub struct Fleet {
+    pub db: TestDb,
+    pub policies: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// `None` when the fleet tests are skipped (see [`test_db`]).
+    pub async fn migrated(test: &str, policies: tempfile::TempDir) -> Option<Fleet> {
+        let db = test_db(test).await?;
+        upstream_cli(&db.url, &["migrate"]);
+        Some(Fleet {
+            db,
+            policies,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// Where sidecar `name` keeps its replica.
+    pub fn replica(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("p.db")
+    }
+
+    /// Starts sidecar `name` (its replica at [`Fleet::replica`]) following `url`, with extra
+    /// flags.
+    pub fn sidecar(&self, name: &str, url: &str, extra: &[&str]) -> Sidecar {
+        Sidecar::start(self.policies.path(), &self.replica(name), url, extra)
+    }
 }
 
 /// A `policyd serve --upstream` process.
