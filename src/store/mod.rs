@@ -410,8 +410,9 @@ impl Store {
     }
 
     /// [`Store::fetch`] of an entity the first tier just missed: from the compact tier or, through
-    /// `body`, the backend; then cached. The first-tier lookups of its ancestors are added to
-    /// `lookups`, for the caller to count once its read is used.
+    /// `body`, the backend; then cached. What it asks of either tier (the first for its
+    /// ancestors, the compact one for each entity it decodes) is added to `lookups`, for the
+    /// caller to count once its read is used.
     fn read<E: From<StoreError>>(
         &self,
         uid: &EntityUid,
