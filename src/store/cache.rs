@@ -110,17 +110,8 @@ impl EntityCache {
         }
     }
 
-    pub(super) fn get(&self, uid: &EntityUid) -> Option<Entry> {
-        let found = self.peek(uid);
-        self.count(&Lookups {
-            hits: u64::from(found.is_some()),
-            misses: u64::from(found.is_none()),
-            compact_hits: 0,
-        });
-        found
-    }
-
-    /// [`EntityCache::get`] without counting: the caller counts with [`EntityCache::count`].
+    /// The first tier's entry for `uid`, not counted: the caller counts with
+    /// [`EntityCache::count`].
     pub(super) fn peek(&self, uid: &EntityUid) -> Option<Entry> {
         self.entries.get(uid)
     }

@@ -377,15 +377,8 @@ impl Store {
         // Counted only when this slice is the decision's: after `Later` the blocking read
         // slices again, and counts.
         let mut lookups = Lookups::default();
-        let sliced = slice::slice(roots, depth, |uid| match self.cache.peek(uid) {
-            Some(hit) => {
-                lookups.hits += 1;
-                Ok(hit)
-            }
-            None => {
-                lookups.misses += 1;
-                self.read(uid, &mut lookups, &mut |_| Err(NotNow::Later))
-            }
+        let sliced = slice::slice(roots, depth, |uid| {
+            self.lookup(uid, &mut lookups, &mut |_| Err(NotNow::Later))
         });
         match sliced {
             Ok(slice) => {
@@ -400,16 +393,33 @@ impl Store {
     /// One resolved entity, from the cache (either tier) or else the backend. A miss also resolves (and
     /// caches) the ancestors its closure is built from.
     fn fetch(&self, uid: &EntityUid) -> Result<Option<Arc<Resolved>>, StoreError> {
-        if let Some(hit) = self.cache.get(uid) {
-            return Ok(hit);
-        }
         let mut lookups = Lookups::default();
-        let found = self.read(uid, &mut lookups, &mut |uid| self.backend.body(uid));
+        let found = self.lookup(uid, &mut lookups, &mut |uid| self.backend.body(uid));
         self.cache.count(&lookups);
         found
     }
 
-    /// [`Store::fetch`] of an entity the first tier just missed: from the compact tier or, through
+    /// `uid` from the first tier, else [`Store::read`] through `body`; what it asked of the
+    /// tiers is added to `lookups`.
+    fn lookup<E: From<StoreError>>(
+        &self,
+        uid: &EntityUid,
+        lookups: &mut Lookups,
+        body: &mut dyn FnMut(&EntityUid) -> Result<Option<String>, E>,
+    ) -> Result<Option<Arc<Resolved>>, E> {
+        match self.cache.peek(uid) {
+            Some(hit) => {
+                lookups.hits += 1;
+                Ok(hit)
+            }
+            None => {
+                lookups.misses += 1;
+                self.read(uid, lookups, body)
+            }
+        }
+    }
+
+    /// [`Store::lookup`] of an entity the first tier just missed: from the compact tier or, through
     /// `body`, the backend; then cached. What it asks of either tier (the first for its
     /// ancestors, the compact one for each entity it decodes) is added to `lookups`, for the
     /// caller to count once its read is used.
