@@ -10,7 +10,7 @@
 //!     [--seed 42] \
 //!     [--serve-arg=--entity-cache=10000 ...] [--target 127.0.0.1:8180] \
 //!     [--versus-arg=--upstream=postgres://... ... | --baseline-bin=/tmp/policyd-old \
-//!      | --versus-entities 100000 | --bare] [--slices 10]
+//!      | --versus-entities 100000 | --bare [--bare-work 20]] [--slices 10]
 //! ```
 //! With `--versus-arg` (repeatable) it starts a second daemon with those extra flags as well,
 //! loads both, then drives them in turns (`--slices` turns each of `--duration` seconds, a
@@ -23,6 +23,9 @@
 //! B this build's. An interleaved run also prints each daemon's CPU per request while driven
 //! and the activity writer's share of it (the process's CPU from `/proc`, the writer thread's
 //! from its task).
+//! `--bare-work N` makes the bare server spend N µs of CPU on each request (a busy loop): a
+//! floor that does a given amount of work, to see what latency any server with that cost per
+//! request can have on this machine.
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).
 //! Prints the loading rate, decisions/s (or writes/s), latency percentiles, the servers' peak RSS (loading
 //! included) and CPU, and the activity log's bytes per record: over the whole log, and over the
@@ -57,6 +60,7 @@ pub struct Args {
     baseline_bin: Option<std::path::PathBuf>,
     versus_entities: Option<usize>,
     slices: Option<usize>,
+    bare_work: u64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -78,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
         baseline_bin: None,
         versus_entities: None,
         slices: None,
+        bare_work: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -107,7 +112,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--baseline-bin" => a.baseline_bin = Some(value()?.into()),
             "--versus-entities" => a.versus_entities = Some(value()?.parse()?),
             "--slices" => a.slices = Some(value()?.parse()?),
-            "--serve-bare" => server::serve_bare(),
+            "--bare-work" => a.bare_work = value()?.parse()?,
+            "--serve-bare" => server::serve_bare(inline.as_deref().unwrap_or("0").parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -125,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         return versus(&args, shape);
     }
     let floor = if args.bare {
-        let bare = server::Server::bare()?;
+        let bare = server::Server::bare(args.bare_work)?;
         let run = drive::measure(&args, shape, bare.addr)?;
         println!("bare hyper: {run}");
         bare.report("bare hyper");
@@ -174,7 +180,7 @@ fn versus(args: &Args, shape: Shape) -> anyhow::Result<()> {
     b_args.extend(args.versus_args.iter().cloned());
     let a = if args.bare {
         println!("A: bare hyper");
-        server::Server::bare()?
+        server::Server::bare(args.bare_work)?
     } else {
         let a = server::Server::policyd(
             &args.activity,

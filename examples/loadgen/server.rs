@@ -68,9 +68,9 @@ impl Server {
         Ok(server)
     }
 
-    /// This program again, as a bare hyper server.
-    pub fn bare() -> anyhow::Result<Server> {
-        Server::spawn(Command::new(std::env::current_exe()?).arg("--serve-bare"))
+    /// This program again, as a bare hyper server that works `work_us` µs per request.
+    pub fn bare(work_us: u64) -> anyhow::Result<Server> {
+        Server::spawn(Command::new(std::env::current_exe()?).arg(format!("--serve-bare={work_us}")))
     }
 
     /// Starts a server process and reads the address it logs (`addr=...`) on stderr.
@@ -273,9 +273,10 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The floor: a bare hyper server on the same runtime and HTTP settings as the daemon, that
-/// reads each body and answers a fixed decision.
-pub fn serve_bare() -> ! {
-    let code = match bare_server() {
+/// reads each body, spends `work_us` µs of CPU (a busy loop, 0 by default), and answers a
+/// fixed decision.
+pub fn serve_bare(work_us: u64) -> ! {
+    let code = match bare_server(std::time::Duration::from_micros(work_us)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("bare server: {e:#}");
@@ -285,7 +286,7 @@ pub fn serve_bare() -> ! {
     std::process::exit(code)
 }
 
-fn bare_server() -> anyhow::Result<()> {
+fn bare_server(work: std::time::Duration) -> anyhow::Result<()> {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     const ANSWER: &[u8] = br#"{"decision":"Allow","diagnostics":{"reason":["owner.content"],"errors":[]},"decision_id":null}"#;
@@ -301,6 +302,12 @@ fn bare_server() -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let _ = req.into_body().collect().await;
+                    // Measured in wall time: a busy loop the scheduler preempts ends sooner
+                    // in CPU, so this floor never works more than asked.
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < work {
+                        std::hint::spin_loop();
+                    }
                     let mut resp = hyper::Response::new(Full::new(Bytes::from_static(ANSWER)));
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
