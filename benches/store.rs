@@ -141,7 +141,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("cedar_only", size), |b| {
             b.iter(|| {
                 i = (i + 1) % queries.len();
-                authz::decide(&snapshot, &queries[i], &built[i])
+                authz::decide(&queries[i], &built[i])
             })
         });
         // The cold path: a store whose cache holds one entity and no compact forms, so every

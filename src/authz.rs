@@ -7,13 +7,16 @@
 
 use std::sync::Arc;
 
-use cedar_policy::{Context, Entities, EntityUid, PolicySet, Request};
+use cedar_policy::{Context, Entities, EntityUid, Request};
 use cedar_policy_core::ast;
+use cedar_policy_core::authorizer::AuthorizationError as CoreAuthorizationError;
 use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
 use crate::policy::PolicySnapshot;
+use crate::policy::conditions::Conditions;
 use crate::storage::ORGANIZATION_TYPE;
 use crate::store::codec::{collect_refs, error_chain};
 
@@ -32,9 +35,9 @@ pub struct Query {
     /// when it must come from the store (no schema), and in reachable mode the entity literals
     /// the policies dereference.
     pub roots: Vec<EntityUid>,
-    /// The policies whose scope can match this request (see [`crate::policy::scope`]): the
-    /// only ones Cedar is given.
-    pub policies: Arc<PolicySet>,
+    /// The conditions of the policies whose scope can match this request (see
+    /// [`crate::policy::scope`]): the only ones evaluated.
+    pub conditions: Arc<Conditions>,
 }
 
 /// The outcome of evaluating a query.
@@ -117,14 +120,14 @@ pub fn prepare(
     if empty && validate.is_some() {
         shape.remember_empty_context_valid();
     }
-    let policies = shape.policies.clone();
+    let conditions = shape.conditions.clone();
     Ok(Query {
         request,
         principal,
         resource,
         action,
         roots,
-        policies,
+        conditions,
     })
 }
 
@@ -174,19 +177,61 @@ pub fn entities<'a>(
         .map_err(|e| EntitiesError(error_chain(&e)))
 }
 
-/// Evaluates one query against the policies its scope can match.
-pub fn decide(snapshot: &PolicySnapshot, query: &Query, entities: &Entities) -> Decision {
-    let response = snapshot
-        .authorizer()
-        .is_authorized(&query.request, &query.policies, entities);
-    let diagnostics = response.diagnostics();
-    let mut reasons: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+/// Evaluates one query against the policies its scope can match, as Cedar's authorizer does
+/// (`cedar_policy_core::authorizer`), over their conditions built once (see
+/// [`crate::policy::conditions`]): each condition is evaluated with Cedar's evaluator; one
+/// that errs (or is not a boolean) is skipped and its error reported; any satisfied forbid
+/// denies, else any satisfied permit allows, else the default deny. The reasons are the
+/// satisfied forbids, or without any the satisfied permits. A condition left unevaluated (only
+/// an `unknown` value, which stored entities cannot hold, leaves one) satisfies nothing and,
+/// as in Cedar, a forbid left so makes the reasons the satisfied forbids.
+pub fn decide(query: &Query, entities: &Entities) -> Decision {
+    let evaluator = Evaluator::new(
+        query.request.as_ref().clone(),
+        entities.as_ref(),
+        Extensions::all_available(),
+    );
+    let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut forbid_unevaluated = false;
+    for c in query.conditions.iter() {
+        let satisfied = match evaluator.partial_interpret(&c.expr, &c.slots) {
+            Ok(ast::PartialValue::Value(v)) => match v.value_kind() {
+                ast::ValueKind::Lit(ast::Literal::Bool(b)) => Ok(*b),
+                _ => evaluator.evaluate(&c.policy),
+            },
+            Ok(ast::PartialValue::Residual(_)) => {
+                forbid_unevaluated |= c.effect == ast::Effect::Forbid;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
+        match satisfied {
+            Ok(true) if c.effect == ast::Effect::Permit => permits.push(c.id.to_string()),
+            Ok(true) => forbids.push(c.id.to_string()),
+            Ok(false) => {}
+            Err(error) => {
+                let e = cedar_policy::AuthorizationError::from(
+                    CoreAuthorizationError::PolicyEvaluationError {
+                        id: c.id.clone(),
+                        error,
+                    },
+                );
+                errors.push(error_chain(&e));
+            }
+        }
+    }
+    let allowed = !permits.is_empty() && forbids.is_empty();
+    let mut reasons = if forbids.is_empty() && !forbid_unevaluated {
+        permits
+    } else {
+        forbids
+    };
     reasons.sort();
     Decision {
-        allowed: response.decision() == cedar_policy::Decision::Allow,
+        allowed,
         reasons,
-        errors: diagnostics.errors().map(|e| error_chain(e)).collect(),
-        evaluated: query.policies.policies().count(),
+        errors,
+        evaluated: query.conditions.len(),
     }
 }
 
@@ -296,6 +341,80 @@ mod tests {
         );
     }
 
+    /// `decide` answers as Cedar's authorizer over the same policies and entities: decision,
+    /// reasons, and the text of each error (a policy that errs is skipped).
+    #[test]
+    fn decisions_equal_cedars_authorizer_errors_included() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            r#"@id("errs") permit(principal, action, resource) when { resource.missing == 1 };
+               @id("senior") permit(principal, action, resource) when { principal.level > 3 };
+               @id("blocked") forbid(principal, action, resource) when { principal.blocked };"#,
+        )
+        .unwrap();
+        let snapshot = crate::policy::load_dir(dir.path()).unwrap();
+        let entities = Entities::from_json_value(
+            serde_json::json!([
+                {"uid": {"type": "User", "id": "a"}, "attrs": {"level": 5, "blocked": false}, "parents": []},
+                {"uid": {"type": "User", "id": "b"}, "attrs": {"level": 5, "blocked": true}, "parents": []},
+                {"uid": {"type": "User", "id": "c"}, "attrs": {"level": 1, "blocked": false}, "parents": []},
+                {"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": []}
+            ]),
+            None,
+        )
+        .unwrap();
+        for user in ["a", "b", "c"] {
+            let q = query(
+                &snapshot,
+                &format!(r#"User::"{user}""#),
+                r#"Action::"read""#,
+                r#"Doc::"d""#,
+            );
+            let ours = decide(&q, &entities);
+            let cedar = cedar_policy::Authorizer::new().is_authorized(
+                &q.request,
+                &snapshot.policies,
+                &entities,
+            );
+            let mut reasons: Vec<String> = cedar
+                .diagnostics()
+                .reason()
+                .map(ToString::to_string)
+                .collect();
+            reasons.sort();
+            let errors: Vec<String> = cedar
+                .diagnostics()
+                .errors()
+                .map(|e| error_chain(e))
+                .collect();
+            assert_eq!(
+                ours.allowed,
+                cedar.decision() == cedar_policy::Decision::Allow,
+                "{user}"
+            );
+            assert_eq!(ours.reasons, reasons, "{user}");
+            assert_eq!(ours.errors, errors, "{user}");
+            assert_eq!(ours.errors.len(), 1, "{user}: {:?}", ours.errors);
+        }
+    }
+
+    /// A shape's policy conditions are built once: two requests of the same shape evaluate
+    /// the same conditions, not copies rebuilt per request.
+    #[test]
+    fn requests_of_one_shape_share_their_conditions() {
+        let snapshot = bundled();
+        let q = |p: &str, r: &str| query(&snapshot, p, r#"Action::"view""#, r);
+        let (a, b) = (
+            q(r#"User::"bob""#, r#"Dataset::"corpus""#),
+            q(r#"User::"alice""#, r#"Dataset::"speech""#),
+        );
+        assert!(!a.conditions.is_empty());
+        assert!(Arc::ptr_eq(&a.conditions, &b.conditions));
+        let other = q(r#"User::"bob""#, r#"Project::"nlp""#);
+        assert!(!Arc::ptr_eq(&a.conditions, &other.conditions));
+    }
+
     /// Cedar is handed only the policies whose scope can match: if `decide` evaluated the
     /// whole set, `evaluated` would be the set's size.
     #[test]
@@ -308,8 +427,8 @@ mod tests {
             r#"Action::"create_project""#,
             r#"Organization::"acme""#,
         );
-        let d = decide(&snapshot, &q, &Entities::empty());
-        let mut ids: Vec<String> = q.policies.policies().map(|p| p.id().to_string()).collect();
+        let d = decide(&q, &Entities::empty());
+        let mut ids: Vec<String> = q.conditions.iter().map(|c| c.id.to_string()).collect();
         ids.sort();
         // The guardrail and org-member rule for organizations, plus the content rules whose
         // scope leaves the resource open (their conditions test its type).

@@ -125,7 +125,7 @@ fn evaluate(
     Ok(queries
         .iter()
         .map(|q| Outcome {
-            decision: authz::decide(snapshot, q, &entities),
+            decision: authz::decide(q, &entities),
             organization: authz::query_organization(&entities, q),
         })
         .collect())

@@ -1,7 +1,7 @@
 //! Counterexamples: the request and entity store the solver found, rendered as Cedar JSON, and
 //! evaluated by Cedar itself under each policy set to name the policies that decide it.
 
-use cedar_policy::{Decision, Entities, Entity, Request, Schema};
+use cedar_policy::{Authorizer, Decision, Entities, Entity, Request, Schema};
 use cedar_policy_symcc::Env;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -88,9 +88,7 @@ fn evaluate(
         .chain(actions.iter().flat_map(|a| a.iter().cloned()));
     let entities = Entities::from_entities(all, None)
         .map_err(|e| AnalysisError::Internal(format!("counterexample entities: {e}")))?;
-    let response = snapshot
-        .authorizer()
-        .is_authorized(request, &snapshot.policies, &entities);
+    let response = Authorizer::new().is_authorized(request, &snapshot.policies, &entities);
     let diagnostics = response.diagnostics();
     let mut policies: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
     policies.sort();

@@ -12,10 +12,11 @@ use std::time::SystemTime;
 
 use std::sync::Arc;
 
-use cedar_policy::{Authorizer, Effect, Entity, EntityUid, PolicyId, PolicySet, Schema};
+use cedar_policy::{Effect, Entity, EntityUid, PolicyId, PolicySet, Schema};
 use cedar_policy_core::ast;
 use sha2::{Digest, Sha256};
 
+pub mod conditions;
 mod errors;
 pub mod scope;
 pub mod slicing;
@@ -70,7 +71,6 @@ pub struct PolicySnapshot {
     literal_roots: Vec<EntityUid>,
     /// See [`PolicySnapshot::literal_actions`].
     literal_actions: Vec<EntityUid>,
-    authorizer: Authorizer,
     /// The policies whose scope can match each request shape seen.
     scopes: scope::Scopes,
 }
@@ -87,11 +87,6 @@ impl fmt::Debug for PolicySnapshot {
 }
 
 impl PolicySnapshot {
-    /// The authorizer decisions run with.
-    pub fn authorizer(&self) -> &Authorizer {
-        &self.authorizer
-    }
-
     /// The action entity and its action groups, as declared by the schema.
     ///
     /// `None` when there is no schema (actions then live in the entity store) or the schema does
@@ -239,7 +234,6 @@ fn load(dir: &Path, warnings: &mut Vec<SourceError>) -> Result<PolicySnapshot, L
         actions,
         literal_roots,
         literal_actions,
-        authorizer: Authorizer::new(),
         scopes: scope::Scopes::default(),
     })
 }

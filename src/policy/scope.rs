@@ -29,6 +29,8 @@ use cedar_policy::{
 use cedar_policy_core::ast::{self, PrincipalOrResourceConstraint as Scope};
 use cedar_policy_core::validator::{ValidatorEntityTypeKind, ValidatorSchema};
 
+use super::conditions::Conditions;
+
 /// Each schema action with its action groups (see `PolicySnapshot::action_entities`).
 type ActionClosures = HashMap<EntityUid, Vec<Arc<ast::Entity>>>;
 
@@ -42,8 +44,9 @@ const MAX_SCOPE_KEYS: usize = 4096;
 /// What a snapshot knows about one request shape (principal type, action, resource type).
 #[derive(Debug)]
 pub struct Shape {
-    /// The policies Cedar is given for requests of this shape (see the module docs).
-    pub policies: Arc<PolicySet>,
+    /// The conditions of the policies evaluated for requests of this shape (see the module
+    /// docs), built once.
+    pub conditions: Arc<Conditions>,
     /// A request of this shape with an empty context passed the schema's validation.
     empty_context_valid: AtomicBool,
     /// The schema validates ids of these entity types (enumerations): never remember.
@@ -94,7 +97,7 @@ impl Scopes {
         }
         let enumerated = |t: &EntityTypeName| schema.is_some_and(|s| is_enumerated(s, t));
         let shape = Arc::new(Shape {
-            policies: Arc::new(subset(policies, actions, &key)),
+            conditions: Arc::new(Conditions::of(&subset(policies, actions, &key))),
             empty_context_valid: AtomicBool::new(false),
             ids_validated: enumerated(&key.0) || enumerated(&key.2),
         });
