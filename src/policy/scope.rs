@@ -1,17 +1,19 @@
 //! Policy scoping: which policies can apply to a request shape, so Cedar evaluates only those.
 //!
-//! Cedar evaluates every policy it is given. A policy whose scope cannot match (another action,
+//! Cedar's authorizer evaluates every policy of a set. A policy whose scope cannot match (another action,
 //! `resource is` another type...) neither permits nor forbids nor errs, because its scope is
 //! conjoined before its conditions; leaving it out changes no decision, reason or error, and
 //! saves evaluating it.
 //!
-//! The policies that stay are handed to Cedar with the parts of their scope that the request
+//! The policies that stay are evaluated with the parts of their scope that the request
 //! shape already decides taken out: `principal is User` for a `User` principal, `action in
 //! [...]` for an action in one of those groups, `resource is Dataset` for a `Dataset`. Those
 //! parts are true for every request of that shape and a scope test never errs, so the policy
 //! permits, forbids and errs exactly as before, under the same id and with the same condition;
-//! Cedar just stops rebuilding and testing them (an action list is a set value built anew on
-//! each evaluation). Entity-specific scopes (`principal == ...`, `resource in ...`) stay.
+//! evaluation just stops testing them (an action list is a set value built anew on each
+//! evaluation). Entity-specific scopes (`principal == ...`, `resource in ...`) stay. What is
+//! evaluated is each remaining policy's condition, built once per shape (see
+//! [`super::conditions`]).
 //!
 //! A shape also remembers that a request of it with an empty context passed the schema's
 //! request validation: that validation reads only the entity types, the action and the
