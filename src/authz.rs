@@ -194,25 +194,27 @@ pub fn decide(query: &Query, entities: &Entities) -> Decision {
     let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     let mut forbid_unevaluated = false;
     for c in query.conditions.iter() {
-        let satisfied = match evaluator.partial_interpret(&c.expr, &c.slots) {
+        let satisfied = match evaluator.partial_interpret(&c.expr, c.policy.env()) {
             Ok(ast::PartialValue::Value(v)) => match v.value_kind() {
                 ast::ValueKind::Lit(ast::Literal::Bool(b)) => Ok(*b),
                 _ => evaluator.evaluate(&c.policy),
             },
             Ok(ast::PartialValue::Residual(_)) => {
-                forbid_unevaluated |= c.effect == ast::Effect::Forbid;
+                forbid_unevaluated |= c.policy.effect() == ast::Effect::Forbid;
                 Ok(false)
             }
             Err(e) => Err(e),
         };
         match satisfied {
-            Ok(true) if c.effect == ast::Effect::Permit => permits.push(c.id.to_string()),
-            Ok(true) => forbids.push(c.id.to_string()),
+            Ok(true) if c.policy.effect() == ast::Effect::Permit => {
+                permits.push(c.policy.id().to_string())
+            }
+            Ok(true) => forbids.push(c.policy.id().to_string()),
             Ok(false) => {}
             Err(error) => {
                 let e = cedar_policy::AuthorizationError::from(
                     CoreAuthorizationError::PolicyEvaluationError {
-                        id: c.id.clone(),
+                        id: c.policy.id().clone(),
                         error,
                     },
                 );
@@ -428,7 +430,11 @@ mod tests {
             r#"Organization::"acme""#,
         );
         let d = decide(&q, &Entities::empty());
-        let mut ids: Vec<String> = q.conditions.iter().map(|c| c.id.to_string()).collect();
+        let mut ids: Vec<String> = q
+            .conditions
+            .iter()
+            .map(|c| c.policy.id().to_string())
+            .collect();
         ids.sort();
         // The guardrail and org-member rule for organizations, plus the content rules whose
         // scope leaves the resource open (their conditions test its type).

@@ -14,17 +14,12 @@ use cedar_policy_core::ast;
 /// One policy's condition: what Cedar's authorizer evaluates for it.
 #[derive(Debug)]
 pub struct Condition {
-    /// The policy's id.
-    pub id: ast::PolicyID,
-    /// Permit or forbid.
-    pub effect: ast::Effect,
+    /// The policy: its id, effect and slots, and for Cedar to evaluate whole when its
+    /// condition gives a value that is not a boolean (which Cedar's conjunction never gives),
+    /// so the error is Cedar's own.
+    pub policy: ast::Policy,
     /// Scope constraints and body, joined (Cedar's `Policy::condition`).
     pub expr: ast::Expr,
-    /// What a template-linked policy's slots hold.
-    pub slots: ast::SlotEnv,
-    /// The policy itself, for Cedar to evaluate when its condition gives a value that is not
-    /// a boolean (which Cedar's conjunction never gives), so the error is Cedar's own.
-    pub policy: ast::Policy,
 }
 
 /// The conditions of a set of policies.
@@ -39,11 +34,8 @@ impl Conditions {
                 .map(|p| {
                     let core: &ast::Policy = p.as_ref();
                     Condition {
-                        id: core.id().clone(),
-                        effect: core.effect(),
-                        expr: core.condition(),
-                        slots: core.env().clone(),
                         policy: core.clone(),
+                        expr: core.condition(),
                     }
                 })
                 .collect(),
