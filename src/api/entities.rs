@@ -2,6 +2,7 @@
 
 use cedar_policy::EntityUid;
 use hyper::StatusCode;
+use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::error::ErrorBody;
@@ -103,10 +104,13 @@ pub const DOC_DELETE: Doc = Doc {
 /// `upserted` counts the entities stored; `actions_matched` the action entities that matched
 /// the schema's declarations (with a schema they are checked, not stored).
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
-    let value = json::parse(body)?;
-    if let Some(items) = value.as_array()
-        && items.len() > state.limits.max_entities_per_write
-    {
+    // Only the array's structure here: each share of the items is parsed where it is
+    // validated, so parsing a large write is split across the cores too.
+    let items: Vec<&RawValue> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(e) => return Err(refusal(body, e)),
+    };
+    if items.len() > state.limits.max_entities_per_write {
         return Err(ApiError::TooManyEntities {
             got: items.len(),
             max: state.limits.max_entities_per_write,
@@ -116,7 +120,8 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
     // (and then checks it) or runs first (and this write is validated against its schema).
     let _gate = state.write_gate.read().await;
     let snapshot = state.snapshot();
-    let codec::Write { records, actions } = codec::parse_write(value, snapshot.schema.as_ref())?;
+    let codec::Write { records, actions } =
+        codec::parse_raw_write(&items, snapshot.schema.as_ref())?;
     let n = records.len();
     let log = state.activity.enabled();
     let revision = match state.fleet.get() {
@@ -149,6 +154,19 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             revision,
         },
     ))
+}
+
+/// Why a write body is not an array of JSON values: malformed JSON (`bad_json`), or JSON that
+/// is not an array, which the codec refuses saying what it expects.
+fn refusal(body: &[u8], not_items: serde_json::Error) -> ApiError {
+    match json::parse(body) {
+        Err(malformed) => malformed,
+        Ok(value) => match codec::parse_write(value, None) {
+            Err(refused) => refused.into(),
+            // An array after all: it could not be read as one.
+            Ok(_) => ApiError::BadJson(not_items.to_string()),
+        },
+    }
 }
 
 /// The stored entity, in Cedar entity JSON. With a schema, an action is answered from the
