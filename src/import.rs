@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use cedar_policy::{EntityUid, Schema};
 use serde_json::value::RawValue;
 
-use crate::store::codec::{self, EntityError};
+use crate::store::codec::{self, EntityError, NotItems};
 use crate::store::{Record, Store, StoreError};
 
 /// Why an import wrote nothing.
@@ -128,20 +128,17 @@ fn validate_files(
             path: path.clone(),
             source,
         })?;
-        let json = |source| ImportError::Json {
-            path: path.clone(),
-            source,
-        };
         // Only the array's structure here; each chunk's entities are parsed with the chunk.
-        let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(&text) else {
-            // Malformed, or not an array (which the codec refuses, saying what it expects).
-            let value = serde_json::from_str(&text).map_err(json)?;
-            codec::parse_write(value, schema).map_err(|source| ImportError::Entity {
+        let items = codec::raw_items(text.as_bytes()).map_err(|e| match e {
+            NotItems::Malformed(source) => ImportError::Json {
                 path: path.clone(),
                 source,
-            })?;
-            continue;
-        };
+            },
+            NotItems::NotAnArray(source) => ImportError::Entity {
+                path: path.clone(),
+                source,
+            },
+        })?;
         for (n, raw) in items.chunks(CHUNK).enumerate() {
             let start = n * CHUNK;
             let refused = |source: EntityError| ImportError::Entity {
@@ -470,6 +467,32 @@ mod tests {
                 .is_none()
         );
         assert_eq!(store.count().unwrap(), 2 * CHUNK as u64 + 1);
+    }
+
+    /// A file that is not JSON, or JSON that is not an array, is refused as such, naming the
+    /// file, and nothing of the import is written.
+    #[test]
+    fn a_file_that_is_no_array_of_entities_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = schema();
+        let store = Store::new(Box::new(sqlite(dir.path(), "s.db")), 1, 0);
+        let good = write_file(dir.path(), "good.json", &[user("kept", None)]);
+        let malformed = dir.path().join("malformed.json");
+        std::fs::write(&malformed, "[{").unwrap();
+        match import_files(&store, Some(&schema), &[good.clone(), malformed.clone()]) {
+            Err(ImportError::Json { path, .. }) => assert_eq!(path, malformed),
+            other => panic!("{other:?}"),
+        }
+        let object = dir.path().join("object.json");
+        std::fs::write(&object, r#"{"uid": {"type": "User", "id": "x"}}"#).unwrap();
+        match import_files(&store, Some(&schema), &[good, object.clone()]) {
+            Err(ImportError::Entity { path, source }) => {
+                assert_eq!(path, object);
+                assert_eq!(source.message, "expected a JSON array of Cedar entities");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.count().unwrap(), 0);
     }
 
     /// A store tuned for imports commits an import through a rollback journal: its pages are

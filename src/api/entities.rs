@@ -2,7 +2,6 @@
 
 use cedar_policy::EntityUid;
 use hyper::StatusCode;
-use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use super::error::ErrorBody;
@@ -12,7 +11,7 @@ use super::openapi::{Answer, Content, Doc, any_object, object_array, schema};
 use crate::activity::{Entry, Kind};
 use crate::state::AppState;
 use crate::storage::ORGANIZATION_TYPE;
-use crate::store::codec;
+use crate::store::codec::{self, NotItems};
 use crate::store::{Store, StoreError};
 
 /// The answer to a write.
@@ -104,12 +103,10 @@ pub const DOC_DELETE: Doc = Doc {
 /// `upserted` counts the entities stored; `actions_matched` the action entities that matched
 /// the schema's declarations (with a schema they are checked, not stored).
 pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>, ApiError> {
-    // Only the array's structure here: each share of the items is parsed where it is
-    // validated, so parsing a large write is split across the cores too.
-    let items: Vec<&RawValue> = match serde_json::from_slice(body) {
-        Ok(items) => items,
-        Err(e) => return Err(refusal(body, e)),
-    };
+    let items = codec::raw_items(body).map_err(|e| match e {
+        NotItems::Malformed(e) => ApiError::BadJson(e.to_string()),
+        NotItems::NotAnArray(e) => e.into(),
+    })?;
     if items.len() > state.limits.max_entities_per_write {
         return Err(ApiError::TooManyEntities {
             got: items.len(),
@@ -154,19 +151,6 @@ pub async fn put(state: &AppState, body: &[u8]) -> Result<hyper::Response<Body>,
             revision,
         },
     ))
-}
-
-/// Why a write body is not an array of JSON values: malformed JSON (`bad_json`), or JSON that
-/// is not an array, which the codec refuses saying what it expects.
-fn refusal(body: &[u8], not_items: serde_json::Error) -> ApiError {
-    match json::parse(body) {
-        Err(malformed) => malformed,
-        Ok(value) => match codec::parse_write(value, None) {
-            Err(refused) => refused.into(),
-            // An array after all: it could not be read as one.
-            Ok(_) => ApiError::BadJson(not_items.to_string()),
-        },
-    }
 }
 
 /// The stored entity, in Cedar entity JSON. With a schema, an action is answered from the

@@ -116,14 +116,38 @@ pub struct Write {
 /// the first invalid entity fails the batch, and the error names it.
 pub fn parse_write(value: Value, schema: Option<&Schema>) -> Result<Write, EntityError> {
     let Value::Array(items) = value else {
-        return Err(EntityError {
-            index: 0,
-            uid: None,
-            message: "expected a JSON array of Cedar entities".to_owned(),
-        });
+        return Err(not_an_array());
     };
     let parse = |part: &[Value], offset| parse_items(part, offset, schema);
     parse_parts(&items, schema, parse, || Ok(items.clone()))
+}
+
+fn not_an_array() -> EntityError {
+    EntityError {
+        index: 0,
+        uid: None,
+        message: "expected a JSON array of Cedar entities".to_owned(),
+    }
+}
+
+/// Why a write's JSON text is not an array of items (see [`raw_items`]).
+#[derive(Debug)]
+pub enum NotItems {
+    /// The text is not JSON.
+    Malformed(serde_json::Error),
+    /// JSON, but not an array: refused as [`parse_write`] refuses it.
+    NotAnArray(EntityError),
+}
+
+/// The items of a write's JSON array, each left unparsed for [`parse_raw_write`], which parses
+/// each share of them where it is validated: reading only the array's structure here keeps a
+/// large write's parsing split across the cores.
+pub fn raw_items(text: &[u8]) -> Result<Vec<&RawValue>, NotItems> {
+    serde_json::from_slice(text).map_err(|unread| match serde_json::from_slice(text) {
+        Err(malformed) => NotItems::Malformed(malformed),
+        Ok(Value::Array(_)) => NotItems::Malformed(unread),
+        Ok(_) => NotItems::NotAnArray(not_an_array()),
+    })
 }
 
 /// [`parse_write`] of an array's items not parsed yet: each share of the items is parsed where
