@@ -417,8 +417,8 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.conditions, &other.conditions));
     }
 
-    /// Cedar is handed only the policies whose scope can match: if `decide` evaluated the
-    /// whole set, `evaluated` would be the set's size.
+    /// Only the policies whose scope can match are evaluated: if `decide` evaluated the whole
+    /// set, `evaluated` would be the set's size.
     #[test]
     fn cedar_evaluates_only_the_policies_whose_scope_can_match() {
         let snapshot = bundled();

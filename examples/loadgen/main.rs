@@ -23,7 +23,7 @@
 //! B this build's. An interleaved run also prints each daemon's CPU per request while driven
 //! and the activity writer's share of it (the process's CPU from `/proc`, the writer thread's
 //! from its task).
-//! `--bare-work N` makes the bare server spend N µs of CPU on each request (a busy loop): a
+//! `--bare-work N` makes the bare server busy-loop for N µs (wall time) on each request: a
 //! floor that does a given amount of work, to see what latency any server with that cost per
 //! request can have on this machine.
 //! `--writes` drives single-entity writes instead (`PUT /v1/entities`, one new user each).

@@ -1,9 +1,9 @@
 //! Policy scoping: which policies can apply to a request shape, so Cedar evaluates only those.
 //!
-//! Cedar's authorizer evaluates every policy of a set. A policy whose scope cannot match (another action,
-//! `resource is` another type...) neither permits nor forbids nor errs, because its scope is
-//! conjoined before its conditions; leaving it out changes no decision, reason or error, and
-//! saves evaluating it.
+//! Cedar's authorizer evaluates every policy of a set. A policy whose scope cannot match
+//! (another action, `resource is` another type...) neither permits nor forbids nor errs,
+//! because its scope is conjoined before its conditions; leaving it out changes no decision,
+//! reason or error, and saves evaluating it.
 //!
 //! The policies that stay are evaluated with the parts of their scope that the request
 //! shape already decides taken out: `principal is User` for a `User` principal, `action in
