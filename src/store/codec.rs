@@ -341,20 +341,30 @@ fn parents_of(json: &Value) -> Vec<EntityUid> {
         .unwrap_or_default()
 }
 
-/// Renders a parsed entity as the record the store keeps.
+/// Renders a parsed entity as the record the store keeps: written directly (see
+/// [`super::canonical`]) or, for a value that leaves to Cedar, through Cedar's JSON rendering;
+/// either gives the same record.
 pub fn encode(entity: &Entity) -> Result<Record, String> {
-    let json = entity.to_json_value().map_err(|e| error_chain(&e))?;
-    let (size, quota) = (long_attr(&json, SIZE_ATTR), long_attr(&json, QUOTA_ATTR));
-    for (name, value) in [(SIZE_ATTR, size), (QUOTA_ATTR, quota)] {
+    let record = match super::canonical::record(entity.as_ref()) {
+        Some(record) => record,
+        None => encode_through_cedar(entity)?,
+    };
+    for (name, value) in [(SIZE_ATTR, record.size), (QUOTA_ATTR, record.quota)] {
         if value.is_some_and(|v| v < 0) {
             return Err(format!("`{name}` must not be negative"));
         }
     }
+    Ok(record)
+}
+
+/// [`encode`] through Cedar's own JSON rendering (`Entity::to_json_value`).
+pub(super) fn encode_through_cedar(entity: &Entity) -> Result<Record, String> {
+    let json = entity.to_json_value().map_err(|e| error_chain(&e))?;
     Ok(Record {
         uid: entity.uid(),
         parents: parents_of(&json),
-        size,
-        quota,
+        size: long_attr(&json, SIZE_ATTR),
+        quota: long_attr(&json, QUOTA_ATTR),
         mentions: mentions(&json),
         body: json.to_string(),
     })

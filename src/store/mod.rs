@@ -8,6 +8,7 @@
 mod actions;
 mod arena;
 mod cache;
+mod canonical;
 pub mod codec;
 mod compact;
 mod materialize;
