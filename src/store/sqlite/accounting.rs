@@ -69,21 +69,35 @@ pub(super) struct Dirty {
     subtrees: BTreeSet<Key>,
     /// Items whose size alone changed.
     items: BTreeSet<Key>,
+    /// What the noted writes stored (see [`Stored`]), for the re-count to use instead of
+    /// reading it back from the tables.
+    stored: Stored,
 }
 
+/// Size and sorted parent edges of entities a write stored; `None` for an entity written
+/// more than once, whose last state the re-count reads back from the tables.
+type Stored = HashMap<Key, Option<(Option<i64>, Vec<Key>)>>;
+
 impl Dirty {
-    /// Notes a write of `key`, now stored with `size` and `parents` (`None` when deleted).
-    pub(super) fn note(&mut self, key: &Key, was: &Before, now: Option<(Option<i64>, &[Key])>) {
-        match now {
+    /// Notes a write of `key`, now stored with `size` and `parents`, sorted (`None` when
+    /// deleted).
+    pub(super) fn note(&mut self, key: &Key, was: &Before, now: Option<(Option<i64>, Vec<Key>)>) {
+        let (size, parents) = match now {
             Some((size, parents)) if was.existed && was.parents == parents => {
                 if was.size != size {
                     self.items.insert(key.clone());
                 }
+                (size, parents)
             }
-            _ => {
+            now => {
                 self.subtrees.insert(key.clone());
+                now.unwrap_or_default()
             }
-        }
+        };
+        self.stored
+            .entry(key.clone())
+            .and_modify(|s| *s = None)
+            .or_insert(Some((size, parents)));
     }
 
     /// Re-counts every item the noted writes affected, set-wise: a handful of statements per
@@ -129,13 +143,14 @@ impl Dirty {
             )?
             .execute([])?;
         }
-        recount_marked(conn)
+        recount_marked(conn, &self.stored)
     }
 }
 
 /// Replaces the contributions of every item in `temp.recount` with what its current size and
-/// ancestors give, and moves the totals by the difference.
-fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
+/// ancestors give, and moves the totals by the difference; `stored` holds the size and parents
+/// of the items a write just stored.
+fn recount_marked(conn: &Connection, stored: &Stored) -> Result<(), StoreError> {
     // New items (most of a large write) have no contributions to take out.
     let had_some: bool = conn
         .prepare_cached(
@@ -175,7 +190,7 @@ fn recount_marked(conn: &Connection) -> Result<(), StoreError> {
          ON CONFLICT (atype, aid, itype) DO UPDATE
          SET items = items + excluded.items, bytes = bytes + excluded.bytes",
     )?;
-    for ((atype, aid, itype), (items, bytes)) in insert_contributions(conn)? {
+    for ((atype, aid, itype), (items, bytes)) in insert_contributions(conn, stored)? {
         add.execute(params![atype, aid, itype, items, bytes])?;
     }
     if had_some {
@@ -199,19 +214,8 @@ type Gains = BTreeMap<(String, String, String), (i64, i64)>;
 /// found once per distinct parent and remembered for the rest of the re-count, not walked
 /// again per item (which cost most of a large import's writes). Returns what they add to each
 /// counter.
-fn insert_contributions(conn: &Connection) -> Result<Gains, StoreError> {
-    // Each sized item with each of its direct parents, in item order.
-    let edges: Vec<(Key, i64, Key)> = conn
-        .prepare_cached(
-            "SELECT r.t, r.i, e.size, p.ptype, p.pid FROM temp.recount r
-             CROSS JOIN entities e ON e.etype = r.t AND e.eid = r.i
-             CROSS JOIN parents p ON p.ctype = r.t AND p.cid = r.i
-             WHERE e.size IS NOT NULL ORDER BY r.t, r.i",
-        )?
-        .query_map([], |r| {
-            Ok(((r.get(0)?, r.get(1)?), r.get(2)?, (r.get(3)?, r.get(4)?)))
-        })?
-        .collect::<Result<_, _>>()?;
+fn insert_contributions(conn: &Connection, stored: &Stored) -> Result<Gains, StoreError> {
+    let edges = sized_edges(conn, stored)?;
     let mut accounted: HashMap<Key, Vec<Key>> = HashMap::new();
     let mut rows: Vec<(&Key, &Key, i64)> = Vec::new();
     for (_, _, parent) in &edges {
@@ -265,6 +269,55 @@ fn insert_contributions(conn: &Connection) -> Result<Gains, StoreError> {
     Ok(gains)
 }
 
+/// Each sized item of `temp.recount` with each of its direct parents, in item order: from
+/// `stored` for the items a write just stored (most of a large write), read back from the
+/// tables for the others (the descendants a moved subtree's walk added).
+fn sized_edges(conn: &Connection, stored: &Stored) -> Result<Vec<(Key, i64, Key)>, StoreError> {
+    if stored.is_empty() {
+        // Nothing in memory (a full re-count): one join over them all.
+        return Ok(conn
+            .prepare_cached(
+                "SELECT r.t, r.i, e.size, p.ptype, p.pid FROM temp.recount r
+                 CROSS JOIN entities e ON e.etype = r.t AND e.eid = r.i
+                 CROSS JOIN parents p ON p.ctype = r.t AND p.cid = r.i
+                 WHERE e.size IS NOT NULL ORDER BY r.t, r.i",
+            )?
+            .query_map([], |r| {
+                Ok(((r.get(0)?, r.get(1)?), r.get(2)?, (r.get(3)?, r.get(4)?)))
+            })?
+            .collect::<Result<_, _>>()?);
+    }
+    let items: Vec<Key> = conn
+        .prepare_cached("SELECT t, i FROM temp.recount ORDER BY t, i")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut read_back = conn.prepare_cached(
+        "SELECT e.size, p.ptype, p.pid FROM entities e
+         CROSS JOIN parents p ON p.ctype = e.etype AND p.cid = e.eid
+         WHERE e.etype = ?1 AND e.eid = ?2 AND e.size IS NOT NULL",
+    )?;
+    let mut edges = Vec::new();
+    for item in items {
+        match stored.get(&item) {
+            Some(Some((size, parents))) => {
+                if let Some(size) = size {
+                    edges.extend(parents.iter().map(|p| (item.clone(), *size, p.clone())));
+                }
+            }
+            _ => {
+                let rows = read_back.query_map(params![item.0, item.1], |r| {
+                    Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?)))
+                })?;
+                for row in rows {
+                    let (size, parent) = row?;
+                    edges.push((item.clone(), size, parent));
+                }
+            }
+        }
+    }
+    Ok(edges)
+}
+
 /// `key` and its stored ancestors (through parent edges), those of an accounted type.
 fn accounted_at_or_above(conn: &Connection, key: &Key) -> Result<Vec<Key>, StoreError> {
     let types: Vec<String> = ACCOUNT_TYPES.iter().map(|t| format!("'{t}'")).collect();
@@ -299,5 +352,53 @@ pub(super) fn recount_all(conn: &Connection) -> Result<(), StoreError> {
         "DELETE FROM contributions; DELETE FROM totals; DELETE FROM temp.recount;
          INSERT INTO temp.recount (t, i) SELECT etype, eid FROM entities WHERE size IS NOT NULL;",
     )?;
-    recount_marked(conn)
+    recount_marked(conn, &Stored::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EntityStore;
+    use crate::store::sqlite::SqliteStore;
+
+    fn key(t: &str, i: &str) -> Key {
+        (t.to_owned(), i.to_owned())
+    }
+
+    /// The re-count takes what a write just stored from memory, and reads the rest back.
+    #[test]
+    fn sized_edges_come_from_memory_for_written_items_and_from_the_tables_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let item = serde_json::json!({"uid": {"type": "Dataset", "id": "d"},
+            "attrs": {"size_bytes": 5}, "parents": [{"type": "Project", "id": "p"}]});
+        let entity = cedar_policy::Entity::from_json_value(item, None).unwrap();
+        store
+            .upsert(&[crate::store::codec::encode(&entity).unwrap()])
+            .unwrap();
+        let conn = store.writer.lock().unwrap();
+        conn.execute_batch(
+            "DELETE FROM temp.recount; INSERT INTO temp.recount VALUES ('Dataset', 'd')",
+        )
+        .unwrap();
+        let (d, p, q) = (
+            key("Dataset", "d"),
+            key("Project", "p"),
+            key("Project", "q"),
+        );
+        // Noted by a write (a state the tables do not hold, to tell the sources apart).
+        let noted = Stored::from([(d.clone(), Some((Some(7), vec![q.clone()])))]);
+        assert_eq!(sized_edges(&conn, &noted).unwrap(), vec![(d.clone(), 7, q)]);
+        // Noted twice, or not by this write: the tables' state.
+        for other in [
+            Stored::from([(d.clone(), None)]),
+            Stored::from([(key("User", "u"), Some((None, Vec::new())))]),
+            Stored::new(),
+        ] {
+            assert_eq!(
+                sized_edges(&conn, &other).unwrap(),
+                vec![(d.clone(), 5, p.clone())]
+            );
+        }
+    }
 }

@@ -211,7 +211,7 @@ fn upsert_in(
         if was.parents_of_stored() != parents.as_slice() {
             moved.push(k.clone());
         }
-        dirty.note(k, &was, Some((r.size, &parents)));
+        dirty.note(k, &was, Some((r.size, parents)));
     }
     rows::insert(
         tx,
