@@ -80,9 +80,27 @@ pub(super) struct EntityCache {
 /// Which entities a write wrote.
 pub(super) enum Written<'a> {
     /// These, with the compact forms of those that have one.
-    Entities(&'a [&'a EntityUid], Vec<Form>),
+    Entities(&'a [&'a EntityUid], Forms<'a>),
     /// Not known: every cached entity may be stale.
     Unknown,
+}
+
+/// The compact forms of a write's entities: at hand, or being computed on another thread
+/// while the backend writes (see `Store::upsert`).
+pub(super) enum Forms<'a> {
+    Ready(Vec<Form>),
+    Computing(std::thread::ScopedJoinHandle<'a, Vec<Form>>),
+}
+
+impl Forms<'_> {
+    /// The forms; none when their thread failed (the written entities then leave the tier
+    /// and are read again from the backend).
+    pub(super) fn get(self) -> Vec<Form> {
+        match self {
+            Forms::Ready(forms) => forms,
+            Forms::Computing(handle) => handle.join().unwrap_or_default(),
+        }
+    }
 }
 
 /// What a write tells the cache about ancestor closures.
@@ -208,9 +226,14 @@ impl EntityCache {
         scope: impl FnOnce(&T) -> Invalidate,
     ) -> Result<T, E> {
         let result = write();
+        // Awaited before fills are excluded, not while.
+        let written = match written {
+            Written::Entities(uids, forms) => Some((uids, forms.get())),
+            Written::Unknown => None,
+        };
         let mut epoch = self.epoch.write().unwrap_or_else(|p| p.into_inner());
         *epoch += 1;
-        let Written::Entities(uids, forms) = written else {
+        let Some((uids, forms)) = written else {
             self.entries.clear();
             if let Some(arena) = &self.compact {
                 arena.clear();

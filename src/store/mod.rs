@@ -11,6 +11,7 @@ mod cache;
 mod canonical;
 pub mod codec;
 mod compact;
+mod forms;
 mod materialize;
 mod organization;
 pub mod replica;
@@ -26,7 +27,8 @@ use cedar_policy_core::ast;
 
 use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
-use cache::{EntityCache, Entry, Fill, Invalidate, Lookups, Written};
+use cache::{EntityCache, Entry, Fill, Forms, Invalidate, Lookups, Written};
+
 pub use codec::Record;
 pub use resolve::Resolved;
 
@@ -232,16 +234,22 @@ impl Store {
     }
 
     /// Writes `records` atomically; once this returns, every decision sees them.
+    ///
+    /// The compact forms of a large write are computed on a thread of their own while the
+    /// backend writes (the serial part of a write, a core otherwise idle meanwhile), so they
+    /// add nothing to how long the write takes.
     pub fn upsert(&self, records: &[Record]) -> Result<(), StoreError> {
         let uids: Vec<&EntityUid> = records.iter().map(|r| &r.uid).collect();
-        let forms = self.forms(records);
-        self.cache
-            .write(
-                Written::Entities(&uids, forms),
-                || self.backend.upsert(records),
-                |e| invalidate(*e),
-            )
-            .map(drop)
+        std::thread::scope(|scope| {
+            let forms = self.forms_alongside(scope, records);
+            self.cache
+                .write(
+                    Written::Entities(&uids, forms),
+                    || self.backend.upsert(records),
+                    |e| invalidate(*e),
+                )
+                .map(drop)
+        })
     }
 
     /// Writes every chunk `next` yields in one durable transaction, all or nothing (see
@@ -266,7 +274,7 @@ impl Store {
         // A reset also removes every entity it does not list: which ones is not known here.
         let written = match batch.reset {
             true => Written::Unknown,
-            false => Written::Entities(&uids, self.forms(&batch.upserts)),
+            false => Written::Entities(&uids, Forms::Ready(self.forms(&batch.upserts))),
         };
         self.cache
             .write(
@@ -286,7 +294,7 @@ impl Store {
     pub fn delete(&self, uid: &EntityUid) -> Result<bool, StoreError> {
         self.cache
             .write(
-                Written::Entities(&[uid], Vec::new()),
+                Written::Entities(&[uid], Forms::Ready(Vec::new())),
                 || self.backend.delete(uid),
                 |e| e.map_or(Invalidate::Written, invalidate),
             )
@@ -333,21 +341,6 @@ impl Store {
     /// answered, and the entities it holds.
     pub fn compact_stats(&self) -> (u64, usize) {
         self.cache.compact_stats()
-    }
-
-    /// The compact forms of `records`, for the cache's second tier (none when it is off,
-    /// without parsing them).
-    fn forms(&self, records: &[Record]) -> Vec<cache::Form> {
-        if self.cache.compact_budget() == 0 {
-            return Vec::new();
-        }
-        records
-            .iter()
-            .filter_map(|r| {
-                let json = serde_json::from_str(&r.body).ok()?;
-                self.cache.form(&json)
-            })
-            .collect()
     }
 
     /// Checks that the backend answers.
