@@ -88,7 +88,9 @@ pub(super) enum Written<'a> {
 /// The compact forms of a write's entities: at hand, or being computed on another thread
 /// while the backend writes (see `Store::upsert`).
 pub(super) enum Forms<'a> {
+    /// Computed.
     Ready(Vec<Form>),
+    /// Being computed by this thread.
     Computing(std::thread::ScopedJoinHandle<'a, Vec<Form>>),
 }
 

@@ -342,8 +342,8 @@ fn parents_of(json: &Value) -> Vec<EntityUid> {
 }
 
 /// Renders a parsed entity as the record the store keeps: written directly (see
-/// [`super::canonical`]) or, for a value that leaves to Cedar, through Cedar's JSON rendering;
-/// either gives the same record.
+/// [`super::canonical`]) or, for a value that module leaves to Cedar, through Cedar's JSON
+/// rendering; either gives the same record.
 pub fn encode(entity: &Entity) -> Result<Record, String> {
     let record = match super::canonical::record(entity.as_ref()) {
         Some(record) => record,
