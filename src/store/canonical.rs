@@ -36,8 +36,7 @@ pub(super) fn record(entity: &ast::Entity) -> Option<Record> {
         if n > 0 {
             out.push(b',');
         }
-        out.uid(parent);
-        parents.extend(checked(parent));
+        parents.extend(out.uid(parent));
     }
     out.push(b']');
     if entity.tags_len() > 0 {
@@ -63,12 +62,6 @@ pub(super) fn record(entity: &ast::Entity) -> Option<Record> {
     })
 }
 
-/// `uid` as the public uid, when its type name reads back as one (as the JSON readers of
-/// [`super::codec`] require).
-fn checked(uid: &ast::EntityUID) -> Option<EntityUid> {
-    crate::uid::from_parts(&uid.entity_type().to_string(), uid.eid().as_ref()).ok()
-}
-
 struct Writer {
     /// The JSON text; UTF-8 throughout (serde_json writes it).
     body: Vec<u8>,
@@ -77,13 +70,17 @@ struct Writer {
 }
 
 impl Writer {
-    /// `{"type":…,"id":…}`.
-    fn uid(&mut self, uid: &ast::EntityUID) {
+    /// Writes `{"type":…,"id":…}`; returns `uid` as the public uid when its type name reads
+    /// back as one (as the JSON readers of [`super::codec`] require).
+    fn uid(&mut self, uid: &ast::EntityUID) -> Option<EntityUid> {
+        let ty = uid.entity_type().to_string();
+        let id = uid.eid().as_ref();
         self.push_str("{\"type\":");
-        self.string(&uid.entity_type().to_string());
+        self.string(&ty);
         self.push_str(",\"id\":");
-        self.string(uid.eid().as_ref());
+        self.string(id);
         self.push(b'}');
+        crate::uid::from_parts(&ty, id).ok()
     }
 
     fn push_str(&mut self, s: &str) {
@@ -144,9 +141,9 @@ impl Writer {
             ValueKind::Lit(Literal::String(s)) => self.string(s),
             ValueKind::Lit(Literal::EntityUID(uid)) => {
                 self.push_str("{\"__entity\":");
-                self.uid(uid);
+                let checked = self.uid(uid);
                 self.push(b'}');
-                found.extend(checked(uid));
+                found.extend(checked);
             }
             ValueKind::Set(set) => {
                 self.push(b'[');
