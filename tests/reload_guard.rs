@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Setup, cvc5_available, policies_copy, repo_entities};
+use common::{Daemon, Setup, cvc5_available, drop_in, policies_copy, repo_entities};
 use policyd::config::{AnalysisConfig, ReloadGuard};
 use serde_json::{Value, json};
 
@@ -65,7 +65,7 @@ async fn warn_applies_the_edit_then_reports_the_widening() {
     let dir = policies_copy();
     let d = daemon(dir.path(), guard(ReloadGuard::Warn)).await;
     assert_eq!(d.decide(DAVE, VIEW, AUDIO).await.0, "Deny");
-    std::fs::write(dir.path().join("careless.cedar"), CARELESS).unwrap();
+    drop_in(dir.path(), "careless.cedar", CARELESS);
     let status = until(&d, "analysed", analysed).await;
     let reload = &status["last_reload"];
     assert_eq!(reload["ok"], true, "{status}");
@@ -105,7 +105,7 @@ async fn refuse_widening_keeps_the_old_set_until_accepted() {
     let dir = policies_copy();
     let d = daemon(dir.path(), guard(ReloadGuard::RefuseWidening)).await;
     let (_, before) = d.call("GET", "/v1/policies", None).await;
-    std::fs::write(dir.path().join("careless.cedar"), CARELESS).unwrap();
+    drop_in(dir.path(), "careless.cedar", CARELESS);
     let status = until(&d, "refused", |s| s["last_reload"]["ok"] == false).await;
     let reload = &status["last_reload"];
     assert_eq!(reload["widening_refused"], true, "{status}");
@@ -192,7 +192,7 @@ async fn without_a_solver_refuse_widening_still_applies_and_says_why() {
         },
     )
     .await;
-    std::fs::write(dir.path().join("careless.cedar"), CARELESS).unwrap();
+    drop_in(dir.path(), "careless.cedar", CARELESS);
     let status = until(&d, "reloaded", analysed).await;
     let reload = &status["last_reload"];
     assert_eq!(reload["ok"], true, "{status}");
@@ -224,7 +224,7 @@ async fn a_hanging_solver_never_delays_a_reload() {
         },
     )
     .await;
-    std::fs::write(dir.path().join("careless.cedar"), CARELESS).unwrap();
+    drop_in(dir.path(), "careless.cedar", CARELESS);
     let start = Instant::now();
     loop {
         if d.decide(DAVE, VIEW, AUDIO).await.0 == "Allow" {

@@ -414,6 +414,16 @@ pub fn cvc5_available(test: &str) -> bool {
     }
 }
 
+/// Puts a policy file into a watched directory the way an editor or a deploy does: the text goes
+/// to a side file the daemon ignores, then one rename makes it appear whole. A plain
+/// `std::fs::write` creates the file empty before writing it, and a reload that runs in between
+/// (the watcher's first one, say) would serve the empty file.
+pub fn drop_in(dir: &Path, name: &str, text: &str) {
+    let part = dir.join(format!("{name}.part"));
+    std::fs::write(&part, text).unwrap();
+    std::fs::rename(&part, dir.join(name)).unwrap();
+}
+
 /// A copy of the bundled policies in a temp dir that a test may edit.
 pub fn policies_copy() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
