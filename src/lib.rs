@@ -29,12 +29,15 @@
 //! - [`metrics`]: the Prometheus metrics (`GET /metrics`): names, labels, the registry.
 //! - [`cli`]: command-line arguments.
 //! - [`uid`]: entity uids from text, fast for canonical forms and exactly as Cedar reads them.
+//! - `arena`: a bounded table of byte strings at a few bytes of bookkeeping each (the
+//!   store's compact tier, the activity writer's names).
 //! - [`upstream`]: fleet mode: PostgreSQL as the source of truth, the local store as its
 //!   replica, revision tokens.
 
 pub mod activity;
 pub mod analysis;
 pub mod api;
+pub(crate) mod arena;
 pub mod authz;
 pub mod cli;
 pub mod config;

@@ -3,34 +3,51 @@
 //! integers. A name is looked up through a 32-bit hash of its text (index `names_by_hash`),
 //! the text compared on the rows that share it: over a large store nearly every resource is
 //! a name, and an index of the texts themselves would store each one twice. The writer keeps
-//! recently used names in memory (bounded) so interning costs a hash lookup, not a query; a
-//! reader that keeps going (the fleet's shipper) keeps the texts of ids it resolved, which
-//! never change once committed (names are never deleted).
+//! the ids of names it interned in memory (bounded, see [`Names`]) so interning costs a hash
+//! lookup, not a query; a reader that keeps going (the fleet's shipper) keeps the texts of ids
+//! it resolved, which never change once committed (names are never deleted).
+
+use std::io::Write;
 
 use cedar_policy::EntityUid;
 use quick_cache::unsync::Cache;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::arena::Arena;
 use crate::store::StoreError;
 
-/// Names remembered in memory, per kind of key: the principals, organizations and hot
-/// resources a sidecar keeps deciding on (a miss is an index lookup in the writer's
-/// transaction, per record). A uid takes about 150 bytes here: over a million-entity store,
-/// where uniform access hits a cache of any affordable size rarely, 131,072 of them held about
-/// 20 MiB that the entity cache uses better.
+/// Texts remembered in memory (organizations, revisions, reason lists: a handful, hot) by the
+/// writer, and by a reader that keeps going (the fleet's shipper) as resolved ids.
 pub(super) const REMEMBERED: usize = 32_768;
 
-/// The writer's view of the dictionary.
+/// Bytes of uid names the writer remembers (see [`Names`]): about 360,000 uids of the synthetic
+/// platform, with 2.5 MiB of tables. A uid takes about 30 bytes here (its key, its id, the
+/// table's 5 bytes), where a general-purpose cache took about 150: over a million-entity store,
+/// where every decision names a resource the log already holds, a forgotten uid costs a search
+/// of the names index and table at random pages.
+pub(super) const UID_BYTES: u64 = 8 << 20;
+
+/// The writer's view of the dictionary: the ids of names it interned, bounded. Uids are kept
+/// in an [`Arena`] under `type NUL id` (a type name holds no NUL, so the key is exact), the id
+/// after it in LEB128.
 pub(super) struct Names {
     by_text: Cache<String, i64>,
-    by_uid: Cache<EntityUid, i64>,
+    by_uid: Arena,
+    /// The key being looked up, kept to spare an allocation per lookup.
+    key: Vec<u8>,
 }
 
 impl Names {
     pub(super) fn new() -> Names {
+        Names::with_uid_bytes(UID_BYTES)
+    }
+
+    /// Remembers about `bytes` of uids.
+    pub(super) fn with_uid_bytes(bytes: u64) -> Names {
         Names {
             by_text: Cache::new(REMEMBERED),
-            by_uid: Cache::new(REMEMBERED),
+            by_uid: Arena::new(bytes),
+            key: Vec::new(),
         }
     }
 
@@ -46,11 +63,23 @@ impl Names {
 
     /// The id of a uid's Cedar text (`User::"alice"`).
     pub(super) fn uid(&mut self, conn: &Connection, uid: &EntityUid) -> Result<i64, StoreError> {
-        if let Some(id) = self.by_uid.get(uid) {
-            return Ok(*id);
+        self.key.clear();
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.key, "{}", uid.type_name());
+        self.key.push(0);
+        self.key.extend_from_slice(uid.id().unescaped().as_bytes());
+        let key = self.key.len();
+        if let Some(id) = self.by_uid.with(&self.key, |value| leb128(&value[key..])) {
+            return Ok(id);
         }
         let id = lookup_or_insert(conn, &uid.to_string())?;
-        self.by_uid.insert(uid.clone(), id);
+        let mut value = u64::try_from(id).unwrap_or(0);
+        while value >= 0x80 {
+            self.key.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.key.push(value as u8);
+        self.by_uid.insert(&self.key, key);
         Ok(id)
     }
 
@@ -59,6 +88,24 @@ impl Names {
         self.by_text.clear();
         self.by_uid.clear();
     }
+
+    /// Uids remembered.
+    #[cfg(test)]
+    pub(super) fn uids(&self) -> usize {
+        self.by_uid.len()
+    }
+}
+
+/// A LEB128 number (ids are positive rowids).
+fn leb128(bytes: &[u8]) -> i64 {
+    let mut n: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        n |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    n as i64
 }
 
 fn lookup_or_insert(conn: &Connection, text: &str) -> Result<i64, StoreError> {
@@ -157,6 +204,75 @@ mod tests {
 
     /// The hash is part of the file format: logs written by this version must be found by
     /// the next.
+    fn dictionary() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE names (id INTEGER PRIMARY KEY, text TEXT NOT NULL, hash INTEGER NOT NULL);",
+        )
+        .unwrap();
+        conn
+    }
+
+    fn uid(ty: &str, id: &str) -> EntityUid {
+        EntityUid::from_type_name_and_id(ty.parse().unwrap(), cedar_policy::EntityId::new(id))
+    }
+
+    /// Uids the writer interned are found again in memory: with the dictionary's table gone,
+    /// only the remembered ones still answer, with the ids the table gave them. Keys are
+    /// exact: uids that differ only where a type name and an id meet, or by a NUL, stay apart.
+    #[test]
+    fn interned_uids_are_answered_from_memory_with_their_ids() {
+        let conn = dictionary();
+        let mut names = Names::with_uid_bytes(1 << 20);
+        let uids: Vec<EntityUid> = (0..2_000)
+            .map(|i| uid("Dataset", &format!("d{i}")))
+            .chain([
+                uid("A", "Bx"),
+                uid("AB", "x"),
+                uid("Ns::A", "x"),
+                uid("A", "x\0y"),
+                uid("A", "x\0"),
+                uid("A", ""),
+            ])
+            .collect();
+        let ids: Vec<i64> = uids.iter().map(|u| names.uid(&conn, u).unwrap()).collect();
+        let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), uids.len());
+        for (u, id) in uids.iter().zip(&ids) {
+            let text: String = conn
+                .query_row("SELECT text FROM names WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap();
+            assert_eq!(text, u.to_string());
+        }
+        assert_eq!(names.uids(), uids.len());
+        conn.execute_batch("DROP TABLE names").unwrap();
+        for (u, id) in uids.iter().zip(&ids) {
+            assert_eq!(names.uid(&conn, u).unwrap(), *id, "{u}");
+        }
+        // Forgotten, they must be asked of the (now missing) table.
+        names.forget();
+        assert!(names.uid(&conn, &uids[0]).is_err());
+    }
+
+    /// The memory is bounded: past its budget the oldest uids are forgotten (and asked of the
+    /// table again, which gives the same ids).
+    #[test]
+    fn remembered_uids_are_bounded() {
+        let conn = dictionary();
+        let mut names = Names::with_uid_bytes(64 << 10);
+        let first: Vec<i64> = (0..20_000)
+            .map(|i| names.uid(&conn, &uid("Run", &format!("r{i}"))).unwrap())
+            .collect();
+        let kept = names.uids();
+        assert!((1_000..5_000).contains(&kept), "{kept}");
+        for (i, id) in first.iter().enumerate() {
+            assert_eq!(
+                names.uid(&conn, &uid("Run", &format!("r{i}"))).unwrap(),
+                *id
+            );
+        }
+    }
+
     #[test]
     fn the_stored_hash_is_32_bit_fnv_1a() {
         assert_eq!(hash(""), 0x811c_9dc5);

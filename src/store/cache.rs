@@ -21,7 +21,8 @@ use cedar_policy::EntityUid;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use super::arena::Arena;
+use crate::arena::Arena;
+
 use super::codec::Decoded;
 use super::compact::Symbols;
 use super::resolve::Resolved;

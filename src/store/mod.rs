@@ -6,7 +6,6 @@
 //! are the same for every backend.
 
 mod actions;
-mod arena;
 mod cache;
 mod canonical;
 pub mod codec;

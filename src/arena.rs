@@ -1,6 +1,7 @@
-//! A bounded in-memory table of byte strings (entities in compact form, see [`super::compact`])
-//! looked up by a prefix of each, their key: the store's second cache tier, sized to hold every
-//! entity of a large platform at a few dozen bytes each.
+//! A bounded in-memory table of byte strings looked up by a prefix of each, their key. The
+//! store's second cache tier keeps entities in compact form here (see `store::compact`), sized
+//! to hold every entity of a large platform at a few dozen bytes each; the activity writer
+//! keeps the ids of the names it interned (see `activity::names`).
 //!
 //! A general-purpose cache spends about 50 bytes per entry on its own bookkeeping and a heap
 //! allocation per value, as much as the compact entity itself. Here the values are appended to
