@@ -117,13 +117,17 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % queries.len();
                 store
-                    .slice(&queries[i].roots, snapshot.deref_depth)
+                    .slice(&queries[i].roots, snapshot.deref_depth, &snapshot.follow)
                     .unwrap()
             })
         });
         let slices: Vec<_> = queries
             .iter()
-            .map(|q| store.slice(&q.roots, snapshot.deref_depth).unwrap())
+            .map(|q| {
+                store
+                    .slice(&q.roots, snapshot.deref_depth, &snapshot.follow)
+                    .unwrap()
+            })
             .collect();
         let mut i = 0;
         group.bench_function(BenchmarkId::new("entities_only", size), |b| {

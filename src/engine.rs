@@ -70,12 +70,12 @@ pub async fn decide_overriding(
 ) -> Result<Vec<Outcome>, EngineError> {
     let started = Instant::now();
     let roots = roots(queries);
-    let depth = snapshot.deref_depth;
-    let slice = match store.slice_now(&roots, depth)? {
+    let (depth, follow) = (snapshot.deref_depth, snapshot.follow.clone());
+    let slice = match store.slice_now(&roots, depth, &follow)? {
         Some(slice) => slice,
         None => {
             let store = store.clone();
-            let read = tokio::task::spawn_blocking(move || store.slice(&roots, depth));
+            let read = tokio::task::spawn_blocking(move || store.slice(&roots, depth, &follow));
             match tokio::time::timeout(deadline, read).await {
                 Ok(joined) => joined.map_err(EngineError::Task)??,
                 Err(_) => return Err(EngineError::Deadline(deadline)),
@@ -100,7 +100,7 @@ pub fn decide_blocking(
     snapshot: &PolicySnapshot,
     queries: &[Query],
 ) -> Result<Vec<Outcome>, EngineError> {
-    let slice = store.slice(&roots(queries), snapshot.deref_depth)?;
+    let slice = store.slice(&roots(queries), snapshot.deref_depth, &snapshot.follow)?;
     evaluate(snapshot, queries, slice)
 }
 

@@ -4,6 +4,7 @@
 //! through it; this checks that it is used, and where its answers come from.
 
 use cedar_policy::EntityUid;
+use policyd::policy::slicing::Follow;
 use policyd::store::Store;
 use policyd::store::codec;
 use policyd::store::sqlite::SqliteStore;
@@ -25,7 +26,7 @@ fn open(path: &std::path::Path, cache: u64, compact: u64) -> Store {
 
 /// The `level` attribute of `uid` as the store slices it, or `None` when absent.
 fn level(store: &Store, text: &str) -> Option<i64> {
-    let slice = store.slice(&[uid(text)], Some(1)).unwrap();
+    let slice = store.slice(&[uid(text)], Some(1), &Follow::All).unwrap();
     let entity = slice.first()?;
     match entity.get("level") {
         Some(cedar_policy_core::ast::PartialValue::Value(v)) => v.to_string().parse().ok(),
@@ -49,7 +50,9 @@ fn writes_fill_the_compact_tier_and_no_read_sees_a_stale_entity() {
     assert_eq!(level(&store, "Doc::\"d\""), Some(2));
     // The document and its parent (for its ancestors) came from the compact tier, not SQLite.
     assert_eq!(store.compact_stats(), (2, 2));
-    let slice = store.slice(&[uid("Doc::\"d\"")], Some(1)).unwrap();
+    let slice = store
+        .slice(&[uid("Doc::\"d\"")], Some(1), &Follow::All)
+        .unwrap();
     assert!(slice[0].is_descendant_of(&uid("Org::\"o\"").into()));
 
     store
@@ -58,7 +61,9 @@ fn writes_fill_the_compact_tier_and_no_read_sees_a_stale_entity() {
         ])))
         .unwrap();
     assert_eq!(level(&store, "Doc::\"d\""), Some(3));
-    let slice = store.slice(&[uid("Doc::\"d\"")], Some(1)).unwrap();
+    let slice = store
+        .slice(&[uid("Doc::\"d\"")], Some(1), &Follow::All)
+        .unwrap();
     assert!(!slice[0].is_descendant_of(&uid("Org::\"o\"").into()));
 
     assert!(store.delete(&uid("Doc::\"d\"")).unwrap());
@@ -141,11 +146,17 @@ fn a_miss_looks_up_the_first_tier_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("s.db"), 1 << 20, 1 << 20);
     let roots = doc_in_org(&store);
-    let slice = store.slice_now(&roots, Some(1)).unwrap().unwrap();
+    let slice = store
+        .slice_now(&roots, Some(1), &Follow::All)
+        .unwrap()
+        .unwrap();
     assert_eq!(slice.len(), 1);
     // The document, and its parent while resolving its ancestors: one miss each.
     assert_eq!(store.cache_stats(), (0, 2, 2));
-    store.slice_now(&roots, Some(1)).unwrap().unwrap();
+    store
+        .slice_now(&roots, Some(1), &Follow::All)
+        .unwrap()
+        .unwrap();
     assert_eq!(store.cache_stats(), (1, 2, 2));
 }
 
@@ -168,10 +179,15 @@ fn a_read_that_gives_up_counts_nothing() {
         .unwrap();
     assert_eq!(store.compact_stats(), (0, 1));
     let roots = [uid("Doc::\"d\"")];
-    assert!(store.slice_now(&roots, Some(1)).unwrap().is_none());
+    assert!(
+        store
+            .slice_now(&roots, Some(1), &Follow::All)
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(store.cache_stats(), (0, 0, 0));
     assert_eq!(store.compact_stats(), (0, 1));
-    assert_eq!(store.slice(&roots, Some(1)).unwrap().len(), 1);
+    assert_eq!(store.slice(&roots, Some(1), &Follow::All).unwrap().len(), 1);
     // The document and its organization missed the first tier once each; the document came
     // from the compact tier once.
     assert_eq!(store.cache_stats(), (0, 2, 2));
@@ -184,11 +200,23 @@ fn slice_now_reads_memory_only() {
     // No compact tier: a first-tier miss can only be read from the store.
     let store = open(&dir.path().join("s.db"), 1 << 20, 0);
     let roots = doc_in_org(&store);
-    assert!(store.slice_now(&roots, Some(1)).unwrap().is_none());
+    assert!(
+        store
+            .slice_now(&roots, Some(1), &Follow::All)
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(store.cache_stats(), (0, 0, 0));
-    assert_eq!(store.slice(&roots, Some(1)).unwrap().len(), 1);
+    assert_eq!(store.slice(&roots, Some(1), &Follow::All).unwrap().len(), 1);
     assert_eq!(store.cache_stats(), (0, 2, 2));
     // Now in memory: answered on the caller's thread.
-    assert_eq!(store.slice_now(&roots, Some(1)).unwrap().unwrap().len(), 1);
+    assert_eq!(
+        store
+            .slice_now(&roots, Some(1), &Follow::All)
+            .unwrap()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.cache_stats(), (1, 2, 2));
 }

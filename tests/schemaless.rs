@@ -21,7 +21,8 @@ async fn actions_come_from_the_store_and_chains_are_followed() {
     assert_eq!(policies["deref_depth"], 4);
     assert_eq!(
         policies["slicing"],
-        json!({"mode": "bounded", "depth": 4, "proof": "syntax"})
+        json!({"mode": "bounded", "depth": 4, "proof": "syntax",
+               "follows": {"attributes": ["lead", "owner", "team"], "tags": false}})
     );
     d.put(json!([
         {"uid": {"type": "Action", "id": "read-group"}, "attrs": {}, "parents": []},

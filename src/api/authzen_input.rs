@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::json;
 use crate::policy::PolicySnapshot;
+use crate::policy::slicing::Follow;
 use crate::search::token;
 use crate::store::Store;
 use crate::store::codec::{collect_refs, error_chain};
@@ -257,7 +258,7 @@ pub fn transient(
         return Ok(None);
     }
     let stored = store
-        .slice(std::slice::from_ref(&uid), Some(1))
+        .slice(std::slice::from_ref(&uid), Some(1), &Follow::All)
         .map_err(|e| e.to_string())?
         .into_iter()
         .find(|e| e.uid() == uid.as_ref());

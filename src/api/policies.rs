@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::error::ErrorBody;
 use super::json::{self, Body};
 use super::openapi::{Answer, Content, Doc, any_object, schema};
+use crate::policy::slicing::Follow;
 use crate::policy::{Slicing, SourceError};
 use crate::reload::{ReloadStatus, Trigger};
 use crate::state::AppState;
@@ -86,7 +87,7 @@ pub fn status(state: &AppState) -> hyper::Response<Body> {
             "schema": snapshot.schema.is_some(),
             "loaded_at": time(snapshot.loaded_at),
             "deref_depth": snapshot.deref_depth,
-            "slicing": slicing_json(&snapshot.slicing),
+            "slicing": slicing_json(&snapshot.slicing, &snapshot.follow),
             "last_reload": last_reload,
             "entity_cache": {
                 "hits": hits, "misses": misses, "entries": cached,
@@ -174,10 +175,14 @@ fn changes_json(s: &ReloadStatus) -> Value {
 }
 
 /// `{"mode": "bounded", "depth", "proof"}` or `{"mode": "reachable", "literals": [uids]}`.
-fn slicing_json(slicing: &Slicing) -> Value {
+fn slicing_json(slicing: &Slicing, follow: &Follow) -> Value {
     match slicing {
         Slicing::Bounded { depth, proof } => {
-            json!({ "mode": slicing.mode(), "depth": depth, "proof": proof.as_str() })
+            let follows = match follow {
+                Follow::All => json!("all"),
+                Follow::Attributes { names, tags } => json!({ "attributes": names, "tags": tags }),
+            };
+            json!({ "mode": slicing.mode(), "depth": depth, "proof": proof.as_str(), "follows": follows })
         }
         Slicing::Reachable { literals } => json!({
             "mode": slicing.mode(),

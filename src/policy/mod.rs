@@ -61,6 +61,8 @@ pub struct PolicySnapshot {
     /// The depth handed to the store's slicer: [`Slicing::depth`], `None` (to a fixed point) in
     /// reachable mode.
     pub deref_depth: Option<u32>,
+    /// Which references of a sliced entity the slicer follows (see [`slicing::Follow`]).
+    pub follow: slicing::Follow,
     /// Warnings from parsing the schema and validating the policies, located.
     pub warnings: Vec<SourceError>,
     /// When the snapshot was built.
@@ -211,7 +213,7 @@ fn load(dir: &Path, warnings: &mut Vec<SourceError>) -> Result<PolicySnapshot, L
         Some(schema) => action_closures(schema)?,
         None => HashMap::new(),
     };
-    let slicing = slicing::plan(schema.as_ref(), &policies);
+    let (slicing, follow) = slicing::plan(schema.as_ref(), &policies);
     let (literal_actions, literal_roots) = slicing
         .literals()
         .iter()
@@ -228,6 +230,7 @@ fn load(dir: &Path, warnings: &mut Vec<SourceError>) -> Result<PolicySnapshot, L
             .map(|(_, text)| hex_sha256(text.as_bytes())),
         infos,
         deref_depth: slicing.depth(),
+        follow,
         slicing,
         warnings: warnings.clone(),
         loaded_at: SystemTime::now(),
@@ -409,6 +412,18 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    /// The bundled policies read a resource's project and a project's organization, nothing
+    /// else: a dataset's owner, only compared with the principal, stays out of its slice.
+    #[test]
+    fn the_bundled_policies_follow_only_project_and_org() {
+        let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let snap = load_dir(&bundled).unwrap();
+        assert_eq!(snap.deref_depth, Some(2));
+        let names = vec!["org".into(), "project".into()];
+        let tags = false;
+        assert_eq!(snap.follow, slicing::Follow::Attributes { names, tags });
     }
 
     #[test]

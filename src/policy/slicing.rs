@@ -1,4 +1,5 @@
-//! How far a decision's entity slice must reach for a policy set, proven once per snapshot.
+//! How far a decision's entity slice must reach for a policy set, and through which attributes
+//! ([`Follow`]), proven once per snapshot.
 //!
 //! Cedar reads entity data in exactly these places: the target of `e.attr`, `e has attr` (also
 //! `e has a.b.c`), `e.getTag(..)`, `e.hasTag(..)` (attributes and tags), and the left side of
@@ -31,6 +32,7 @@ use std::fmt;
 
 use cedar_policy::{EntityUid, PolicySet, Schema, ValidationMode, Validator};
 use cedar_policy_core::ast::{self, BinaryOp, Expr, ExprKind, Literal};
+use smol_str::SmolStr;
 
 /// How a decision's entities are gathered, and why that is enough.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +59,50 @@ pub enum Proof {
     LevelValidation,
     /// Counting attribute and tag accesses in the policies (no schema).
     Syntax,
+}
+
+/// Which references of a sliced entity the slice follows to the next level.
+///
+/// An entity's data is read only where an expression that evaluates to it is the target of an
+/// access (see the module's opening). Such an expression is a root, or an attribute (or tag)
+/// access `x.a` on an entity or a record, through `if` and record literals. So the entities a
+/// policy can read beyond the roots all lie under the attributes named in some access chain
+/// that ends in a read, at the top of the entity the chain starts from (a record attribute
+/// holding the reference counts by its own name): a reference under any other attribute,
+/// such as an `owner` only compared with `==`, or members only tested with `contains`, is
+/// never read, and the slice need not hold its entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    /// Every reference (a reachable slice, or a snapshot the scan cannot bound).
+    All,
+    /// The references held under these attribute names (sorted), and those in tags when
+    /// `tags` is set.
+    Attributes {
+        /// Attribute names, sorted.
+        names: Vec<SmolStr>,
+        /// Whether some policy reads an entity found by `getTag`.
+        tags: bool,
+    },
+}
+
+impl Follow {
+    /// Whether references held under the attribute `name` are followed.
+    pub fn attribute(&self, name: &str) -> bool {
+        match self {
+            Follow::All => true,
+            Follow::Attributes { names, .. } => {
+                names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+            }
+        }
+    }
+
+    /// Whether references held in tags are followed.
+    pub fn tags(&self) -> bool {
+        match self {
+            Follow::All => true,
+            Follow::Attributes { tags, .. } => *tags,
+        }
+    }
 }
 
 impl Slicing {
@@ -111,19 +157,28 @@ impl fmt::Display for Slicing {
 }
 
 /// Finds the slicing of `policies`, which strict validation against `schema` (when there is
-/// one) has already accepted.
-pub(super) fn plan(schema: Option<&Schema>, policies: &PolicySet) -> Slicing {
+/// one) has already accepted, and which references a slice follows.
+pub(super) fn plan(schema: Option<&Schema>, policies: &PolicySet) -> (Slicing, Follow) {
     let mut reach = Reach::default();
     for policy in policies.policies() {
         let ast: &ast::Policy = policy.as_ref();
         reach.scan(&ast.condition());
     }
     if reach.opaque || !reach.literals.is_empty() {
-        return Slicing::Reachable {
-            literals: reach.literals.into_iter().map(EntityUid::from).collect(),
-        };
+        let literals = reach.literals.into_iter().map(EntityUid::from).collect();
+        return (Slicing::Reachable { literals }, Follow::All);
     }
-    let syntactic = reach.depth.max(1);
+    let follow = Follow::Attributes {
+        names: reach.followed.into_iter().collect(),
+        tags: reach.tags,
+    };
+    (bound(schema, policies, reach.depth), follow)
+}
+
+/// The depth of a bounded slice: proven by Cedar's level validation when there is a schema,
+/// else the syntactic count `depth`.
+fn bound(schema: Option<&Schema>, policies: &PolicySet, depth: u32) -> Slicing {
+    let syntactic = depth.max(1);
     let Some(schema) = schema else {
         return Slicing::Bounded {
             depth: syntactic,
@@ -166,6 +221,10 @@ struct Reach {
     literals: BTreeSet<ast::EntityUID>,
     /// Something the scan cannot bound (a template slot, an unknown): follow everything.
     opaque: bool,
+    /// Attribute names through which some read entity is reached (see [`Follow`]).
+    followed: BTreeSet<SmolStr>,
+    /// Whether some read entity is reached through a tag.
+    tags: bool,
 }
 
 impl Reach {
@@ -177,6 +236,7 @@ impl Reach {
                 }
                 ExprKind::ExtHasAttr { expr, attrs } => {
                     // `e has a.b.c` reads `e`, `e.a` and `e.a.b`.
+                    self.followed.extend(attrs.iter().cloned());
                     let steps = u32::try_from(attrs.len()).unwrap_or(u32::MAX);
                     self.target(expr).saturating_add(steps)
                 }
@@ -208,12 +268,18 @@ impl Reach {
                 else_expr,
                 ..
             } => self.target(then_expr).max(self.target(else_expr)),
-            ExprKind::GetAttr { expr, .. } => self.target(expr).saturating_add(1),
+            ExprKind::GetAttr { expr, attr } => {
+                self.followed.insert(attr.clone());
+                self.target(expr).saturating_add(1)
+            }
             ExprKind::BinaryApp {
                 op: BinaryOp::GetTag,
                 arg1,
                 ..
-            } => self.target(arg1).saturating_add(1),
+            } => {
+                self.tags = true;
+                self.target(arg1).saturating_add(1)
+            }
             ExprKind::Record(fields) => fields.values().map(|v| self.target(v)).max().unwrap_or(0),
             ExprKind::Slot(_) | ExprKind::Unknown(_) => {
                 self.opaque = true;
@@ -244,7 +310,11 @@ mod tests {
             let result = Validator::new(s.clone()).validate(&policies, ValidationMode::Strict);
             assert!(result.validation_passed(), "{result}");
         }
-        plan(schema.as_ref(), &policies)
+        plan(schema.as_ref(), &policies).0
+    }
+
+    fn follow_of(src: &str) -> Follow {
+        plan(None, &PolicySet::from_str(src).unwrap()).1
     }
 
     fn bounded(depth: u32, proof: Proof) -> Slicing {
@@ -291,6 +361,69 @@ mod tests {
         let p =
             "permit(principal, action, resource) when { principal.getTag(\"x\").hasTag(\"y\") };";
         assert_eq!(plan_of(false, p), bounded(2, Proof::Syntax));
+    }
+
+    fn attributes(names: &[&str], tags: bool) -> Follow {
+        Follow::Attributes {
+            names: names.iter().map(|n| SmolStr::from(*n)).collect(),
+            tags,
+        }
+    }
+
+    /// Only attributes on the way to a read are followed: compared, tested for membership or
+    /// on the right of `in`, a reference is never read.
+    #[test]
+    fn the_slice_follows_the_attributes_on_the_way_to_a_read() {
+        let p = |body: &str| format!("permit(principal, action, resource) when {{ {body} }};");
+        for (body, follow) in [
+            (
+                "resource.owner == principal && resource.members.contains(principal)",
+                attributes(&[], false),
+            ),
+            (
+                "principal in resource.team && resource.lead.team == principal.team",
+                attributes(&["lead"], false),
+            ),
+            (
+                "resource.manager in principal",
+                attributes(&["manager"], false),
+            ),
+            (
+                "resource.manager.manager.team.lead == principal",
+                attributes(&["manager", "team"], false),
+            ),
+            (
+                "(if principal has team then resource.lead else principal).team == resource",
+                attributes(&["lead"], false),
+            ),
+            (
+                "{k: resource.lead}.k has team",
+                attributes(&["k", "lead"], false),
+            ),
+            (
+                "principal.profile.home.lead == principal",
+                attributes(&["home", "profile"], false),
+            ),
+            (
+                "principal has manager.team",
+                attributes(&["manager", "team"], false),
+            ),
+            (
+                "principal.getTag(\"boss\").hasTag(\"x\")",
+                attributes(&[], true),
+            ),
+            (
+                "resource.lead.getTag(\"x\") == principal",
+                attributes(&["lead"], false),
+            ),
+        ] {
+            assert_eq!(follow_of(&p(body)), follow, "{body}");
+        }
+        // Reachable slices follow everything.
+        assert_eq!(follow_of(&p("Group::\"g\".lead == principal")), Follow::All);
+        let follow = attributes(&["lead", "team"], true);
+        assert!(follow.attribute("lead") && follow.attribute("team") && follow.tags());
+        assert!(!follow.attribute("owner") && !follow.attribute("lea"));
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn narrow(store: &Store, snapshot: &PolicySnapshot, query: &SearchQuery) -> Resu
     }
     roots.extend(snapshot.literal_roots().iter().cloned());
     let slice = store
-        .slice(&roots, snapshot.deref_depth)
+        .slice(&roots, snapshot.deref_depth, &snapshot.follow)
         .map_err(|e| format!("store: {e}"))?;
     let entities =
         authz::entities(snapshot, slice, [&query.action]).map_err(|e| format!("entities: {e}"))?;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use cedar_policy::EntityUid;
 use cedar_policy_core::ast;
 
+use crate::policy::slicing::Follow;
 use crate::search::Filter;
 use crate::storage::{QuotaCheck, ReserveOutcome, Usage};
 use cache::{EntityCache, Entry, Fill, Forms, Invalidate, Lookups, Written};
@@ -348,14 +349,15 @@ impl Store {
     }
 
     /// Every stored entity a decision can touch: the `roots` and the entities reachable from
-    /// them through attributes in fewer than `depth` dereferences (`None`: every entity they
-    /// reach), each with its ancestors resolved (see [`slice`]).
+    /// them through the attributes `follow` names in fewer than `depth` dereferences (`None`:
+    /// every entity they reach), each with its ancestors resolved (see [`slice`]).
     pub fn slice(
         &self,
         roots: &[EntityUid],
         depth: Option<u32>,
+        follow: &Follow,
     ) -> Result<Vec<Arc<ast::Entity>>, StoreError> {
-        slice::slice(roots, depth, |uid| self.fetch(uid))
+        slice::slice(roots, depth, follow, |uid| self.fetch(uid))
     }
 
     /// [`Store::slice`] from memory alone (both tiers of the cache), never blocking: `Ok(None)`
@@ -366,11 +368,12 @@ impl Store {
         &self,
         roots: &[EntityUid],
         depth: Option<u32>,
+        follow: &Follow,
     ) -> Result<Option<Vec<Arc<ast::Entity>>>, StoreError> {
         // Counted only when this slice is the decision's: after `Later` the blocking read
         // slices again, and counts.
         let mut lookups = Lookups::default();
-        let sliced = slice::slice(roots, depth, |uid| {
+        let sliced = slice::slice(roots, depth, follow, |uid| {
             self.lookup(uid, &mut lookups, &mut |_| Err(NotNow::Later))
         });
         match sliced {

@@ -19,12 +19,15 @@ use cedar_policy::EntityUid;
 use cedar_policy_core::ast;
 
 use super::resolve::Resolved;
+use crate::policy::slicing::Follow;
 
 /// Gathers the slice, reading resolved entities through `fetch`: the roots and the entities
-/// fewer than `depth` reference steps from them, or (`None`) every entity they reach.
+/// fewer than `depth` reference steps from them, or (`None`) every entity they reach, through
+/// the references `follow` names.
 pub(super) fn slice<E>(
     roots: &[EntityUid],
     depth: Option<u32>,
+    follow: &Follow,
     mut fetch: impl FnMut(&EntityUid) -> Result<Option<Arc<Resolved>>, E>,
 ) -> Result<Vec<Arc<ast::Entity>>, E> {
     let mut seen: HashSet<&EntityUid> = HashSet::new();
@@ -43,11 +46,21 @@ pub(super) fn slice<E>(
     let mut walked: HashSet<EntityUid> = HashSet::new();
     // Each entity is walked once, so even without a depth this ends, at a fixed point.
     let mut level = 1;
+    // The references of one entity that `follow` names (when it does not name them all).
+    let mut named = Vec::new();
     while depth.is_none_or(|d| level < d) {
         level += 1;
         let mut next = Vec::new();
         for entity in &frontier {
-            for uid in &entity.refs {
+            let refs = match follow {
+                Follow::All => &entity.refs,
+                Follow::Attributes { .. } => {
+                    named.clear();
+                    followed(entity, follow, &mut named);
+                    &named
+                }
+            };
+            for uid in refs {
                 if seen.contains(uid) || !walked.insert(uid.clone()) {
                     continue;
                 }
@@ -65,10 +78,43 @@ pub(super) fn slice<E>(
     Ok(out)
 }
 
+/// The references `entity` holds under the attributes (and tags) `follow` names. A residual
+/// value (an unknown, which stored entities do not normally hold) could hide any reference:
+/// then all of them.
+fn followed(entity: &Resolved, follow: &Follow, out: &mut Vec<EntityUid>) {
+    let e = &entity.entity;
+    let attrs = e.attrs().filter(|(name, _)| follow.attribute(name));
+    let tags = e.tags().filter(|_| follow.tags());
+    for (_, value) in attrs.chain(tags) {
+        match value {
+            ast::PartialValue::Value(v) => uids(v, out),
+            ast::PartialValue::Residual(_) => {
+                out.clear();
+                out.extend(entity.refs.iter().cloned());
+                return;
+            }
+        }
+    }
+}
+
+/// Every entity uid in `value`, sets and records included.
+fn uids(value: &ast::Value, out: &mut Vec<EntityUid>) {
+    match value.value_kind() {
+        ast::ValueKind::Lit(ast::Literal::EntityUID(uid)) => {
+            out.push(EntityUid::from(uid.as_ref().clone()));
+        }
+        ast::ValueKind::Set(set) => set.iter().for_each(|v| uids(v, out)),
+        ast::ValueKind::Record(fields) => fields.values().for_each(|v| uids(v, out)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
     use std::str::FromStr;
+
+    use cedar_policy::RestrictedExpression;
 
     use super::*;
 
@@ -99,7 +145,7 @@ mod tests {
         let store = chain();
         let root = EntityUid::from_str("N::\"n0\"").unwrap();
         let mut fetched = 0;
-        let out = slice(&[root], depth, |u| {
+        let out = slice(&[root], depth, &Follow::All, |u| {
             fetched += 1;
             Ok::<_, ()>(store.get(u).cloned())
         })
@@ -109,6 +155,79 @@ mod tests {
         out.iter()
             .map(|e| e.uid().eid().as_ref().to_owned())
             .collect()
+    }
+
+    /// `n0` refers to `n1` under `a`, to `n2` under `b`, to `n3` inside the record `r` and to
+    /// `n4` inside the set `s`; the others are bare.
+    fn fanned() -> HashMap<EntityUid, Arc<Resolved>> {
+        let uid = |i: usize| EntityUid::from_str(&format!("N::\"n{i}\"")).unwrap();
+        let reference = |i: usize| RestrictedExpression::new_entity_uid(uid(i));
+        let attrs = HashMap::from([
+            ("a".to_owned(), reference(1)),
+            ("b".to_owned(), reference(2)),
+            (
+                "r".to_owned(),
+                RestrictedExpression::new_record([("x".to_owned(), reference(3))]).unwrap(),
+            ),
+            (
+                "s".to_owned(),
+                RestrictedExpression::new_set([reference(4)]),
+            ),
+        ]);
+        (0..5)
+            .map(|i| {
+                let entity = if i == 0 {
+                    cedar_policy::Entity::new(uid(0), attrs.clone(), HashSet::new()).unwrap()
+                } else {
+                    cedar_policy::Entity::new_no_attrs(uid(i), HashSet::new())
+                };
+                let refs = if i == 0 {
+                    (1..5).map(uid).collect()
+                } else {
+                    vec![]
+                };
+                let entity = Arc::new(AsRef::<ast::Entity>::as_ref(&entity).clone());
+                (
+                    uid(i),
+                    Arc::new(Resolved {
+                        entity,
+                        refs,
+                        weight: 0,
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Only references under the attributes `follow` names are fetched, however deep in a
+    /// record or set they lie.
+    #[test]
+    fn the_slice_fetches_only_the_references_it_follows() {
+        let store = fanned();
+        let root = EntityUid::from_str("N::\"n0\"").unwrap();
+        let sliced = |follow: &Follow| {
+            let mut fetched = Vec::new();
+            let out = slice(std::slice::from_ref(&root), Some(2), follow, |u| {
+                fetched.push(u.to_string());
+                Ok::<_, ()>(store.get(u).cloned())
+            })
+            .unwrap();
+            assert_eq!(fetched.len(), out.len());
+            let mut ids: Vec<String> = out
+                .iter()
+                .map(|e| e.uid().eid().as_ref().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let names = |names: &[&str]| Follow::Attributes {
+            names: names.iter().map(|n| (*n).into()).collect(),
+            tags: false,
+        };
+        assert_eq!(sliced(&Follow::All), ["n0", "n1", "n2", "n3", "n4"]);
+        assert_eq!(sliced(&names(&["a", "r"])), ["n0", "n1", "n3"]);
+        assert_eq!(sliced(&names(&["s"])), ["n0", "n4"]);
+        assert_eq!(sliced(&names(&[])), ["n0"]);
     }
 
     #[test]
