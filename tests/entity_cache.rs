@@ -138,6 +138,42 @@ fn doc_in_org(store: &Store) -> [EntityUid; 1] {
     [uid("Doc::\"d\"")]
 }
 
+/// An entity a miss resolved, or found in the first tier for its closure, is taken from there
+/// when the slice reaches it next: the first tier is asked once per entity and slice.
+#[test]
+fn a_slice_asks_the_first_tier_once_per_entity() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("s.db"), 1 << 20, 1 << 20);
+    store
+        .upsert(&records(json!([
+            {"uid": {"type": "Org", "id": "o"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Doc", "id": "d"}, "attrs": {"org": {"__entity": {"type": "Org", "id": "o"}}},
+             "parents": [{"type": "Org", "id": "o"}]},
+            {"uid": {"type": "Doc", "id": "e"}, "attrs": {"org": {"__entity": {"type": "Org", "id": "o"}}},
+             "parents": [{"type": "Org", "id": "o"}]},
+        ])))
+        .unwrap();
+    let slice = |doc: &str| {
+        let roots = [uid(&format!("Doc::\"{doc}\""))];
+        let slice = store
+            .slice_now(&roots, Some(2), &Follow::All)
+            .unwrap()
+            .unwrap();
+        assert_eq!(slice.len(), 2);
+        store.cache_stats()
+    };
+    // `d` and, for its closure, `o` miss; the slice reaches `o` again through `org`.
+    assert_eq!(slice("d"), (0, 2, 2));
+    // `e` misses; `o`, in the first tier, is found there once.
+    assert_eq!(slice("e"), (1, 3, 3));
+    let (_, blocking) = (
+        dir.path(),
+        store.slice(&[uid("Doc::\"e\"")], Some(2), &Follow::All),
+    );
+    assert_eq!(blocking.unwrap().len(), 2);
+    assert_eq!(store.cache_stats(), (3, 3, 3));
+}
+
 /// A miss is looked up once: the request's thread counts it, then reads it without asking
 /// the first tier again (each first-tier lookup of a million-entity store is a cache miss of
 /// the CPU's own).

@@ -47,6 +47,10 @@ pub(super) struct Lookups {
     pub(super) hits: u64,
     pub(super) misses: u64,
     pub(super) compact_hits: u64,
+    /// Entities a miss resolved, or found in the first tier for its closure (a dataset's
+    /// project): the rest of the slice takes them from here instead of probing the first
+    /// tier again, a table too large for the CPU's caches over a large store.
+    pub(super) met: Vec<(EntityUid, Arc<Resolved>)>,
 }
 
 /// `None` entries remember that an entity is absent.

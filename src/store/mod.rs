@@ -357,7 +357,12 @@ impl Store {
         depth: Option<u32>,
         follow: &Follow,
     ) -> Result<Vec<Arc<ast::Entity>>, StoreError> {
-        slice::slice(roots, depth, follow, |uid| self.fetch(uid))
+        let mut lookups = Lookups::default();
+        let sliced = slice::slice(roots, depth, follow, |uid| {
+            self.lookup(uid, &mut lookups, &mut |uid| self.backend.body(uid))
+        });
+        self.cache.count(&lookups);
+        sliced
     }
 
     /// [`Store::slice`] from memory alone (both tiers of the cache), never blocking: `Ok(None)`
@@ -403,6 +408,10 @@ impl Store {
         lookups: &mut Lookups,
         body: &mut dyn FnMut(&EntityUid) -> Result<Option<String>, E>,
     ) -> Result<Option<Arc<Resolved>>, E> {
+        // Not counted: the first tier is not asked.
+        if let Some((_, met)) = lookups.met.iter().find(|(u, _)| u == uid) {
+            return Ok(Some(met.clone()));
+        }
         match self.cache.peek(uid) {
             Some(hit) => {
                 lookups.hits += 1;
@@ -428,6 +437,11 @@ impl Store {
         let epoch = self.cache.epoch();
         let mut loaded = Fill::default();
         let found = self.load(uid, &mut Vec::new(), &mut loaded, lookups, body)?;
+        for (other, entry) in &loaded.entries {
+            if let Some(resolved) = entry.as_ref().filter(|_| other != uid) {
+                lookups.met.push((other.clone(), resolved.clone()));
+            }
+        }
         self.cache.fill(epoch, loaded);
         Ok(found)
     }
@@ -452,6 +466,9 @@ impl Store {
             match self.cache.peek(uid) {
                 Some(hit) => {
                     lookups.hits += 1;
+                    if let Some(found) = &hit {
+                        lookups.met.push((uid.clone(), found.clone()));
+                    }
                     return Ok(hit);
                 }
                 None => lookups.misses += 1,
