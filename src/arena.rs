@@ -202,8 +202,8 @@ fn entry(segments: &[Vec<u8>], slot: Slot) -> (&[u8], &[u8]) {
     (value.get(..key).unwrap_or_default(), value)
 }
 
-/// LEB128.
-fn varint(out: &mut Vec<u8>, mut n: usize) {
+/// Appends `n` in LEB128 (7 bits a byte, low first, the top bit set on all but the last).
+pub(crate) fn varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;

@@ -13,7 +13,7 @@ use cedar_policy::EntityUid;
 use quick_cache::unsync::Cache;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::arena::Arena;
+use crate::arena::{self, Arena};
 use crate::store::StoreError;
 
 /// Texts remembered in memory (organizations, revisions, reason lists: a handful, hot) by the
@@ -69,17 +69,17 @@ impl Names {
         self.key.push(0);
         self.key.extend_from_slice(uid.id().unescaped().as_bytes());
         let key = self.key.len();
-        if let Some(id) = self.by_uid.with(&self.key, |value| leb128(&value[key..])) {
+        let remembered = self
+            .by_uid
+            .with(&self.key, |value| leb128(value.get(key..)?));
+        if let Some(id) = remembered.flatten() {
             return Ok(id);
         }
         let id = lookup_or_insert(conn, &uid.to_string())?;
-        let mut value = u64::try_from(id).unwrap_or(0);
-        while value >= 0x80 {
-            self.key.push((value as u8) | 0x80);
-            value >>= 7;
+        if let Ok(n) = usize::try_from(id) {
+            arena::varint(&mut self.key, n);
+            self.by_uid.insert(&self.key, key);
         }
-        self.key.push(value as u8);
-        self.by_uid.insert(&self.key, key);
         Ok(id)
     }
 
@@ -96,16 +96,16 @@ impl Names {
     }
 }
 
-/// A LEB128 number (ids are positive rowids).
-fn leb128(bytes: &[u8]) -> i64 {
+/// A LEB128 number (see [`arena::varint`]); `None` unless it is whole and a positive id.
+fn leb128(bytes: &[u8]) -> Option<i64> {
     let mut n: u64 = 0;
-    for (i, b) in bytes.iter().enumerate().take(10) {
+    for (i, b) in bytes.iter().enumerate().take(9) {
         n |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            break;
+            return i64::try_from(n).ok().filter(|id| *id > 0);
         }
     }
-    n as i64
+    None
 }
 
 fn lookup_or_insert(conn: &Connection, text: &str) -> Result<i64, StoreError> {

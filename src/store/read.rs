@@ -120,13 +120,18 @@ impl Store {
     ) -> Result<Option<Arc<Resolved>>, E> {
         let epoch = self.cache.epoch();
         let mut loaded = Fill::default();
+        let kept = lookups.met.len();
         let found = self.load(uid, &mut Vec::new(), &mut loaded, lookups, body)?;
         for (other, entry) in &loaded.entries {
             if let Some(resolved) = entry.as_ref().filter(|_| other != uid) {
                 lookups.met.push((other.clone(), resolved.clone()));
             }
         }
-        self.cache.fill(epoch, loaded);
+        if !self.cache.fill(epoch, loaded) {
+            // A write committed meanwhile: what this read met may be stale, and the rest of
+            // the slice asks the tiers again, as a read that is not cached must.
+            lookups.met.truncate(kept);
+        }
         Ok(found)
     }
 

@@ -5,7 +5,8 @@
 //! proves a depth (see `policy::slicing`), policies never dereference, nor test the ancestors
 //! of, an entity more than `depth - 1` reference steps from the request's roots (principal,
 //! resource, entities named in the context). So the slice holds every stored entity fewer than
-//! `depth` steps from a root. Without a proven depth (reachable mode: the policies dereference
+//! `depth` steps from a root, each step through an attribute that some policy reads through
+//! (`policy::slicing::Follow`: a reference only compared is not followed). Without a proven depth (reachable mode: the policies dereference
 //! entity literals, which then count among the roots) references are followed to a fixed
 //! point. Each entity comes with its ancestor closure already resolved (see
 //! [`super::resolve`]), so ancestors themselves need not be in the slice unless a reference
