@@ -128,18 +128,27 @@ mod tests {
                 if i == 3 {
                     refs.push(uid(0));
                 }
-                let entity = cedar_policy::Entity::new_no_attrs(uid(i), HashSet::new());
-                let entity = Arc::new(AsRef::<ast::Entity>::as_ref(&entity).clone());
-                (
-                    uid(i),
-                    Arc::new(Resolved {
-                        entity,
-                        refs,
-                        weight: 0,
-                    }),
+                resolved(
+                    cedar_policy::Entity::new_no_attrs(uid(i), HashSet::new()),
+                    refs,
                 )
             })
             .collect()
+    }
+
+    /// A stored entity as the cache holds it, keyed by its uid.
+    fn resolved(entity: cedar_policy::Entity, refs: Vec<EntityUid>) -> (EntityUid, Arc<Resolved>) {
+        let uid = entity.uid();
+        let entity = Arc::new(AsRef::<ast::Entity>::as_ref(&entity).clone());
+        let weight = 0;
+        (
+            uid,
+            Arc::new(Resolved {
+                entity,
+                refs,
+                weight,
+            }),
+        )
     }
 
     fn ids(depth: Option<u32>) -> Vec<String> {
@@ -187,15 +196,7 @@ mod tests {
                 } else {
                     vec![]
                 };
-                let entity = Arc::new(AsRef::<ast::Entity>::as_ref(&entity).clone());
-                (
-                    uid(i),
-                    Arc::new(Resolved {
-                        entity,
-                        refs,
-                        weight: 0,
-                    }),
-                )
+                resolved(entity, refs)
             })
             .collect()
     }
