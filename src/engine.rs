@@ -70,11 +70,11 @@ pub async fn decide_overriding(
 ) -> Result<Vec<Outcome>, EngineError> {
     let started = Instant::now();
     let roots = roots(queries);
-    let (depth, follow) = (snapshot.deref_depth, snapshot.follow.clone());
-    let slice = match store.slice_now(&roots, depth, &follow)? {
+    let depth = snapshot.deref_depth;
+    let slice = match store.slice_now(&roots, depth, &snapshot.follow)? {
         Some(slice) => slice,
         None => {
-            let store = store.clone();
+            let (store, follow) = (store.clone(), snapshot.follow.clone());
             let read = tokio::task::spawn_blocking(move || store.slice(&roots, depth, &follow));
             match tokio::time::timeout(deadline, read).await {
                 Ok(joined) => joined.map_err(EngineError::Task)??,

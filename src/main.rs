@@ -21,7 +21,7 @@ use policyd::{
 /// cache, so over a large store, where nearly every decision builds one entity and the entity
 /// cache frees another, glibc's slower paths (binning, consolidating freed chunks) took about
 /// 5% of the daemon's samples. jemalloc's thread caches serve that size, and its peak memory
-/// at 1M entities measured no higher (BENCHMARKS.md, "The allocator").
+/// at 1M entities measured no higher (BENCHMARKS.md, "The 1M target").
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

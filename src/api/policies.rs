@@ -174,7 +174,8 @@ fn changes_json(s: &ReloadStatus) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// `{"mode": "bounded", "depth", "proof"}` or `{"mode": "reachable", "literals": [uids]}`.
+/// `{"mode": "bounded", "depth", "proof", "follows": {"attributes": [names], "tags"}}` or
+/// `{"mode": "reachable", "literals": [uids]}`.
 fn slicing_json(slicing: &Slicing, follow: &Follow) -> Value {
     match slicing {
         Slicing::Bounded { depth, proof } => {
