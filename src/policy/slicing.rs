@@ -168,11 +168,16 @@ pub(super) fn plan(schema: Option<&Schema>, policies: &PolicySet) -> (Slicing, F
         let literals = reach.literals.into_iter().map(EntityUid::from).collect();
         return (Slicing::Reachable { literals }, Follow::All);
     }
-    let follow = Follow::Attributes {
-        names: reach.followed.into_iter().collect(),
-        tags: reach.tags,
+    let slicing = bound(schema, policies, reach.depth);
+    let follow = match slicing {
+        // Cedar saw a read the scan did not: its attributes are not known either.
+        Slicing::Reachable { .. } => Follow::All,
+        Slicing::Bounded { .. } => Follow::Attributes {
+            names: reach.followed.into_iter().collect(),
+            tags: reach.tags,
+        },
     };
-    (bound(schema, policies, reach.depth), follow)
+    (slicing, follow)
 }
 
 /// The depth of a bounded slice: proven by Cedar's level validation when there is a schema,
