@@ -182,24 +182,34 @@ fn entry(segments: &[Vec<u8>], slot: Slot) -> (&[u8], &[u8]) {
     let Some(segment) = segments.get(slot.segment()) else {
         return (&[], &[]);
     };
-    let mut at = slot.offset();
-    let mut next = || {
-        let mut n = 0usize;
-        let mut shift = 0;
-        while let Some(b) = segment.get(at) {
-            at += 1;
-            n |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        n
+    let at = slot.offset();
+    let Some((len, used)) = segment.get(at..).and_then(read_varint) else {
+        return (&[], &[]);
     };
-    let len = next();
-    let key = next();
+    let at = at + used;
+    let Some((key, used)) = segment.get(at..).and_then(read_varint) else {
+        return (&[], &[]);
+    };
+    let at = at + used;
     let value = segment.get(at..at + len).unwrap_or_default();
     (value.get(..key).unwrap_or_default(), value)
+}
+
+/// The LEB128 number `bytes` starts with (see [`varint`]) and how many bytes it took; `None`
+/// when it does not end within `bytes` or does not fit a `usize`.
+pub(crate) fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut n = 0usize;
+    for (i, b) in bytes
+        .iter()
+        .enumerate()
+        .take(usize::BITS.div_ceil(7) as usize)
+    {
+        n |= usize::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((n, i + 1));
+        }
+    }
+    None
 }
 
 /// Appends `n` in LEB128 (7 bits a byte, low first, the top bit set on all but the last).
@@ -222,6 +232,18 @@ mod tests {
 
     fn get(arena: &Arena, key: &str) -> Option<String> {
         arena.with(key.as_bytes(), |v| String::from_utf8(v.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn varints_read_back_what_was_written() {
+        for n in [0, 1, 127, 128, 300, 1 << 21, usize::MAX] {
+            let mut bytes = Vec::new();
+            varint(&mut bytes, n);
+            let written = bytes.len();
+            bytes.push(0x55);
+            assert_eq!(read_varint(&bytes), Some((n, written)), "{n}");
+            assert_eq!(read_varint(&bytes[..written - 1]), None, "{n} cut short");
+        }
     }
 
     #[test]

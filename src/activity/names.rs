@@ -69,9 +69,10 @@ impl Names {
         self.key.push(0);
         self.key.extend_from_slice(uid.id().unescaped().as_bytes());
         let key = self.key.len();
-        let remembered = self
-            .by_uid
-            .with(&self.key, |value| leb128(value.get(key..)?));
+        let remembered = self.by_uid.with(&self.key, |value| {
+            let (id, _) = arena::read_varint(value.get(key..)?)?;
+            i64::try_from(id).ok().filter(|id| *id > 0)
+        });
         if let Some(id) = remembered.flatten() {
             return Ok(id);
         }
@@ -94,18 +95,6 @@ impl Names {
     pub(super) fn uids(&self) -> usize {
         self.by_uid.len()
     }
-}
-
-/// A LEB128 number (see [`arena::varint`]); `None` unless it is whole and a positive id.
-fn leb128(bytes: &[u8]) -> Option<i64> {
-    let mut n: u64 = 0;
-    for (i, b) in bytes.iter().enumerate().take(9) {
-        n |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return i64::try_from(n).ok().filter(|id| *id > 0);
-        }
-    }
-    None
 }
 
 fn lookup_or_insert(conn: &Connection, text: &str) -> Result<i64, StoreError> {
